@@ -1,0 +1,37 @@
+# One command each, on a fresh machine: `make demo`, `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup jars test lint unit demo bench clean
+
+setup: $(STAMP) jars
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Delta's and hadoop-aws's JVM jars into the local Maven repository (~/.m2), fetched
+# once with `mvn dependency:get`; the Spark session then lists them in spark.jars.
+jars: $(STAMP)
+	$(PY) -m ometria_spark.jars fetch
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+test: setup lint
+	$(PY) -m pytest
+
+demo: setup
+	$(PY) -m ometria_spark.demo
+
+bench: setup
+	$(PY) bench/extract_rate.py
+
+clean:
+	rm -rf $(VENV) warehouse demo-data spark-warehouse metastore_db derby.log

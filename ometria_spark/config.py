@@ -1,0 +1,208 @@
+"""Typed configuration, loaded from YAML, validated at start.
+
+Every key is documented in ``conf/example.yaml`` and the README. A missing required key, an
+unknown key or a value of the wrong type raises ``ConfigError`` naming the key (``api.page_size``).
+Secrets are never in the file: ``api.key_env`` names an environment variable, and on Databricks
+``api.key_secret_scope`` / ``api.key_secret_key`` name a secret.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STREAMS: tuple[str, ...] = ("profiles", "lists", "member_lists", "unsubscribes", "email_events")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, naming the key at fault."""
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    base_url: str = "https://api.ometria.com/v2"
+    key_env: str = "OMETRIA_API_KEY"
+    requests_per_second: float = 4.0
+    page_size: int = 250
+    timeout_seconds: float = 30.0
+    max_attempts: int = 8
+    key_secret_scope: str | None = None
+    key_secret_key: str | None = None
+
+
+@dataclass(frozen=True)
+class ExportsConfig:
+    email_events_path: str | None = None
+    format: str = "csv"
+    s3_endpoint: str | None = None
+    s3_region: str = "us-east-1"
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    raw_path: str = ""
+    tables_path: str | None = None
+    catalog: str | None = None
+    schema: str = "ometria"
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    streams: tuple[str, ...] = STREAMS
+    start_date: str = "2015-01-01"
+    lookback_minutes: int = 60
+    unsubscribes_window_days: int = 30
+
+
+@dataclass(frozen=True)
+class Config:
+    account_id: str
+    source_id: str
+    api: ApiConfig = field(default_factory=ApiConfig)
+    exports: ExportsConfig = field(default_factory=ExportsConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+
+    def table_location(self, table: str) -> str:
+        """The path (path mode) or the qualified name (managed mode) of a table."""
+        if self.storage.tables_path:
+            return f"{self.storage.tables_path.rstrip('/')}/{table}"
+        return self.table_name(table)
+
+    def table_name(self, table: str) -> str:
+        """The catalog name of a table: ``[catalog.]schema.table``."""
+        parts = [self.storage.catalog, self.storage.schema, table]
+        return ".".join(p for p in parts if p)
+
+
+REQUIRED: tuple[str, ...] = ("account_id", "source_id", "storage.raw_path")
+
+
+def load_config(path: str | Path, overrides: Mapping[str, str] | None = None) -> Config:
+    """Load a YAML file, apply ``key=value`` overrides (dotted keys), and validate."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    for dotted, raw in (overrides or {}).items():
+        _set_dotted(data, dotted, yaml.safe_load(raw) if raw != "" else None)
+    return config_from_dict(data)
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """Build a validated ``Config`` from plain data (as parsed from YAML)."""
+    config = _build(Config, data, prefix="")
+    for key in REQUIRED:
+        value: Any = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value in (None, ""):
+            raise ConfigError(f"{key}: required key is missing")
+    _check_values(config)
+    return config
+
+
+def _check_values(config: Config) -> None:
+    unknown = [s for s in config.sync.streams if s not in STREAMS]
+    if unknown:
+        raise ConfigError(f"sync.streams: unknown stream(s) {unknown}; known: {list(STREAMS)}")
+    if config.exports.format not in ("csv", "json"):
+        raise ConfigError(f"exports.format: must be 'csv' or 'json', got {config.exports.format!r}")
+    if config.api.requests_per_second <= 0:
+        raise ConfigError("api.requests_per_second: must be > 0")
+    if not 1 <= config.api.page_size <= 250:
+        raise ConfigError("api.page_size: must be between 1 and 250 (the API's maximum)")
+    if config.api.max_attempts < 1:
+        raise ConfigError("api.max_attempts: must be >= 1")
+    if config.sync.lookback_minutes < 0:
+        raise ConfigError("sync.lookback_minutes: must be >= 0")
+    if config.sync.unsubscribes_window_days < 1:
+        raise ConfigError("sync.unsubscribes_window_days: must be >= 1")
+    if "email_events" in config.sync.streams and not config.exports.email_events_path:
+        raise ConfigError(
+            "exports.email_events_path: required when sync.streams includes email_events"
+        )
+    if bool(config.api.key_secret_scope) != bool(config.api.key_secret_key):
+        raise ConfigError("api.key_secret_scope and api.key_secret_key: set both or neither")
+    try:
+        dt.date.fromisoformat(config.sync.start_date[:10])
+    except ValueError as exc:
+        raise ConfigError(f"sync.start_date: not a date (YYYY-MM-DD): {exc}") from exc
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type[Any], data: Any, prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or '<top>'}: expected a mapping of keys")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{prefix}{unknown[0]}: unknown key (known here: {', '.join(sorted(fields))})"
+        )
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        hint = hints[name]
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, value if value is not None else {}, f"{key}.")
+        else:
+            values[name] = _coerce(key, hint, value)
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in values
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{prefix}{missing[0]}: required key is missing")
+    return cls(**values)
+
+
+def _coerce(key: str, hint: Any, value: Any) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        origin = typing.get_origin(hint)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        return tuple(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        # YAML reads `account_id: 1234` as a number; ids are text.
+        return str(value)
+    if not isinstance(value, hint) or (hint is not bool and isinstance(value, bool)):
+        raise ConfigError(
+            f"{key}: expected {hint.__name__}, got {type(value).__name__} ({value!r})"
+        )
+    return value

@@ -1,0 +1,122 @@
+"""The one place that builds or finds the Spark session.
+
+- Databricks, a notebook with a session, or spark-submit: the session (or the JVM started by
+  spark-submit) already exists. We reuse it and never force a master or jars: under
+  spark-submit the driver's classpath is fixed before Python runs, so Delta's jars must come
+  from the command line (see the README) and a missing Delta extension is reported clearly.
+- Anywhere else (tests, `make demo`, `python jobs/ometria_sync.py`): a local session with
+  Delta's extension and catalog and the jars from ``ometria_spark.jars``.
+Every session runs with ``spark.sql.session.timeZone=UTC``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from pyspark.sql import SparkSession
+
+from ometria_spark import jars
+
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+
+LOCAL_DEFAULTS: dict[str, str] = {
+    "spark.sql.extensions": DELTA_EXTENSION,
+    "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
+    "spark.sql.session.timeZone": "UTC",
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.shuffle.partitions": "8",
+    "spark.driver.memory": "4g",
+    # Landed API pages are many small files: pack more of them into one task.
+    "spark.sql.files.openCostInBytes": "65536",
+    "spark.databricks.delta.snapshotPartitions": "2",
+    "spark.sql.sources.parallelPartitionDiscovery.parallelism": "4",
+}
+
+
+def on_databricks() -> bool:
+    return "DATABRICKS_RUNTIME_VERSION" in os.environ
+
+
+def launched_by_spark_submit() -> bool:
+    # spark-submit starts the JVM first and tells the Python driver where its gateway is.
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def s3a_options(endpoint: str | None, region: str = "us-east-1") -> dict[str, str]:
+    """Hadoop options for an S3-compatible endpoint (None: the AWS default endpoint)."""
+    if not endpoint:
+        return {}
+    return {
+        "fs.s3a.endpoint": endpoint,
+        "fs.s3a.endpoint.region": region,
+        "fs.s3a.path.style.access": "true",
+        "fs.s3a.connection.ssl.enabled": str(endpoint.startswith("https://")).lower(),
+        "fs.s3a.aws.credentials.provider": (
+            "software.amazon.awssdk.auth.credentials.DefaultCredentialsProvider"
+        ),
+    }
+
+
+def get_spark(
+    app_name: str = "ometria-sync",
+    *,
+    extra_conf: Mapping[str, str] | None = None,
+    hadoop_conf: Mapping[str, str] | None = None,
+) -> SparkSession:
+    """Return the active session, the spark-submit/Databricks one, or a new local one.
+
+    ``extra_conf`` only applies to a new local session (static settings such as memory);
+    ``hadoop_conf`` (e.g. ``s3a_options``) is applied to any session as runtime SQL conf,
+    which Spark copies into the Hadoop configuration of every file read and write.
+    """
+    spark = SparkSession.getActiveSession()
+    if spark is None:
+        if on_databricks() or launched_by_spark_submit():
+            spark = SparkSession.builder.appName(app_name).getOrCreate()
+        else:
+            spark = _local_session(app_name, extra_conf or {}, hadoop_conf or {})
+    spark.conf.set("spark.sql.session.timeZone", "UTC")
+    for key, value in (hadoop_conf or {}).items():
+        spark.conf.set(key, value)
+    require_delta(spark)
+    return spark
+
+
+def _local_session(
+    app_name: str, extra_conf: Mapping[str, str], hadoop_conf: Mapping[str, str]
+) -> SparkSession:
+    jars.check_spark_version()
+    missing = jars.missing_jars()
+    if missing:
+        raise RuntimeError(
+            "Delta/hadoop-aws jars are missing from the local Maven repository "
+            f"({', '.join(str(p) for p in missing)}): run `make setup`"
+        )
+    builder = SparkSession.builder.appName(app_name).master(
+        os.environ.get("OMETRIA_SPARK_MASTER", "local[*]")
+    )
+    conf = {**LOCAL_DEFAULTS, **{f"spark.hadoop.{k}": v for k, v in hadoop_conf.items()}}
+    conf["spark.jars"] = ",".join(str(p) for p in jars.jar_paths())
+    conf.update(extra_conf)
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(os.environ.get("OMETRIA_SPARK_LOG_LEVEL", "ERROR"))
+    return spark
+
+
+def require_delta(spark: SparkSession) -> None:
+    """Fail with the fix when a reused session was started without Delta."""
+    if on_databricks():
+        return  # Delta is built into the Databricks runtime.
+    extensions = spark.conf.get("spark.sql.extensions", "") or ""
+    if DELTA_EXTENSION not in extensions:
+        raise RuntimeError(
+            "this Spark session has no Delta Lake extension; start it with "
+            '--jars "$(python -m ometria_spark.jars)" '
+            f"--conf spark.sql.extensions={DELTA_EXTENSION} "
+            f"--conf spark.sql.catalog.spark_catalog={DELTA_CATALOG} (see README: spark-submit)"
+        )

@@ -1,0 +1,217 @@
+"""Pure transforms: raw records (as the API or the export gives them) -> target rows.
+
+Column helpers (``Column -> Column``) come first, then DataFrame steps that chain with
+``df.transform``. Nothing here reads, writes, collects or looks at configuration: every input
+(source id, account id, write time) is an argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql.types import BooleanType, DateType, StringType, TimestampType
+
+from ometria_spark.tables import ACCOUNT_ID, KEY_COLUMN, SOURCE_ID, SYNCED_AT, TableSpec
+
+# Raw columns that readers attach to every record.
+CORRUPT_COLUMN = "_corrupt_record"  # set when the record does not fit the raw schema
+ORDER_COLUMN = "_fetch_order"  # higher = fetched later; the latest version of a key wins
+PROBLEM_COLUMN = "_problem"  # why a record is quarantined (NULL: loadable)
+BAD_VALUES_COLUMN = "_bad_values"  # target columns whose non-empty raw value did not parse
+
+# The timestamp shapes Ometria sends: profiles/lists `2015-11-03T11:48:10+00:00`,
+# unsubscribes `2017-05-17 22:08:07+00`, exports `2026-01-01 10:11:12`; a value without an
+# offset is UTC. Spark 4 runs in ANSI mode, so only the try_ functions keep a bad value from
+# failing the job.
+TIMESTAMP_FORMATS: tuple[str, ...] = (
+    "yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]XXX",
+    "yyyy-MM-dd HH:mm:ss[.SSSSSS]XXX",
+    "yyyy-MM-dd HH:mm:ss[.SSSSSS]X",
+    "yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]X",
+    "yyyy-MM-dd HH:mm:ss[.SSSSSS]",
+    "yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]",
+    "yyyy-MM-dd",
+)
+TRUE_TEXT = ("true", "1", "yes", "y", "t")
+FALSE_TEXT = ("false", "0", "no", "n", "f")
+
+
+# --- column helpers ---------------------------------------------------------------------
+
+
+def blank_to_null(col: Column) -> Column:
+    """Trimmed text, or NULL when empty: CSV gives empty strings where JSON gives null."""
+    trimmed = F.trim(col.cast(StringType()))
+    return F.when(trimmed == "", F.lit(None).cast(StringType())).otherwise(col.cast(StringType()))
+
+
+def parse_timestamp(col: Column) -> Column:
+    """Any of Ometria's timestamp shapes -> UTC TIMESTAMP; anything else -> NULL."""
+    text = F.trim(col.cast(StringType()))
+    return F.coalesce(*[F.try_to_timestamp(text, F.lit(fmt)) for fmt in TIMESTAMP_FORMATS])
+
+
+def parse_date(col: Column) -> Column:
+    """``YYYY-MM-DD`` (a longer timestamp keeps its date part) -> DATE; else NULL."""
+    text = F.trim(col.cast(StringType()))
+    return F.coalesce(F.try_to_date(text, "yyyy-MM-dd"), F.to_date(parse_timestamp(text)))
+
+
+def parse_boolean(col: Column) -> Column:
+    """JSON true/false (read as text) and the usual spellings -> BOOLEAN; else NULL."""
+    text = F.lower(F.trim(col.cast(StringType())))
+    return (
+        F.when(text.isin(*TRUE_TEXT), F.lit(True))
+        .when(text.isin(*FALSE_TEXT), F.lit(False))
+        .otherwise(F.lit(None).cast(BooleanType()))
+    )
+
+
+def sync_key(source_id: str, parts: list[Column]) -> Column:
+    """The spec's key: md5 of source_id and the parts concatenated with no separator.
+
+    Each part is the raw text received (a timestamp is not re-formatted); a NULL part
+    counts as the empty string, so no row loses its key.
+    """
+    texts = [F.coalesce(p.cast(StringType()), F.lit("")) for p in parts]
+    return F.md5(F.concat(F.lit(source_id), *texts))
+
+
+def _parse(col: Column, dtype: object) -> Column:
+    if isinstance(dtype, TimestampType):
+        return parse_timestamp(col)
+    if isinstance(dtype, DateType):
+        return parse_date(col)
+    if isinstance(dtype, BooleanType):
+        return parse_boolean(col)
+    return col.cast(StringType())
+
+
+# --- DataFrame steps --------------------------------------------------------------------
+
+
+def with_problems(spec: TableSpec) -> Callable[[DataFrame], DataFrame]:
+    """Add ``_problem``: why a record cannot load (bad shape, a required field missing)."""
+
+    def step(df: DataFrame) -> DataFrame:
+        checks: list[tuple[Column, str]] = []
+        if CORRUPT_COLUMN in df.columns:
+            checks.append(
+                (F.col(CORRUPT_COLUMN).isNotNull(), "record does not match the expected shape")
+            )
+        for field in spec.required_fields:
+            checks.append(
+                (blank_to_null(F.col(field)).isNull(), f"missing required field '{field}'")
+            )
+        problem = F.lit(None).cast(StringType())
+        for condition, reason in reversed(checks):
+            problem = F.when(condition, F.lit(reason)).otherwise(problem)
+        return df.withColumn(PROBLEM_COLUMN, problem)
+
+    return step
+
+
+def to_target(
+    spec: TableSpec, *, source_id: str, account_id: str, synced_at: datetime
+) -> Callable[[DataFrame], DataFrame]:
+    """Map raw records to the table's columns, in the spec's order and types.
+
+    Also adds ``_bad_values`` (names of columns whose raw text was present but did not
+    parse) and keeps ``_fetch_order`` for de-duplication; ``finalize`` drops both.
+    """
+
+    def step(df: DataFrame) -> DataFrame:
+        key = sync_key(source_id, [F.col(f) for f in spec.key_fields])
+        selected: list[Column] = []
+        bad: list[Column] = []
+        for column in spec.columns:
+            kind = column.source.kind
+            if kind == "field":
+                raw = blank_to_null(F.col(column.source.path))
+                if column.source.fallback and column.source.fallback in df.columns:
+                    raw = F.coalesce(raw, blank_to_null(F.col(column.source.fallback)))
+                value = _parse(raw, column.type)
+                if not isinstance(column.type, StringType):
+                    bad.append(F.when(raw.isNotNull() & value.isNull(), F.lit(column.name)))
+            elif kind == "key":
+                value = key
+            elif kind == "account_id":
+                value = F.lit(account_id)
+            elif kind == "source_id":
+                value = F.lit(source_id)
+            elif kind == "synced_at":
+                value = F.lit(synced_at).cast(TimestampType())
+            else:
+                raise ValueError(f"{spec.name}.{column.name}: unknown source kind {kind!r}")
+            selected.append(value.cast(column.type).alias(column.name))
+        bad_values = (
+            F.filter(F.array(*bad), lambda c: c.isNotNull())
+            if bad
+            else F.array().cast("array<string>")
+        )
+        order = F.col(ORDER_COLUMN) if ORDER_COLUMN in df.columns else F.lit(0)
+        return df.select(*selected, bad_values.alias(BAD_VALUES_COLUMN), order.alias(ORDER_COLUMN))
+
+    return step
+
+
+def latest_per_key(key: str = KEY_COLUMN) -> Callable[[DataFrame], DataFrame]:
+    """Keep one row per key: the one fetched last (highest ``_fetch_order``)."""
+
+    def step(df: DataFrame) -> DataFrame:
+        order = F.col(ORDER_COLUMN).desc() if ORDER_COLUMN in df.columns else F.lit(0)
+        window = Window.partitionBy(key).orderBy(order)
+        return df.withColumn("_rank", F.row_number().over(window)).where("_rank = 1").drop("_rank")
+
+    return step
+
+
+def finalize(spec: TableSpec) -> Callable[[DataFrame], DataFrame]:
+    """Only the table's own columns, in order (drops the helper columns)."""
+
+    def step(df: DataFrame) -> DataFrame:
+        return df.select(*spec.column_names)
+
+    return step
+
+
+def validate_columns(df: DataFrame, spec: TableSpec) -> None:
+    """Fail loudly, listing what is missing and what exists, before a MERGE."""
+    missing = [c for c in spec.column_names if c not in df.columns]
+    extra = [c for c in df.columns if c not in spec.column_names]
+    if missing or extra:
+        raise ValueError(
+            f"{spec.name}: columns do not match the spec; missing {missing}, unexpected "
+            f"{extra}, have {df.columns}"
+        )
+
+
+__all__ = [
+    "ACCOUNT_ID",
+    "BAD_VALUES_COLUMN",
+    "CORRUPT_COLUMN",
+    "ORDER_COLUMN",
+    "PROBLEM_COLUMN",
+    "SOURCE_ID",
+    "SYNCED_AT",
+    "blank_to_null",
+    "finalize",
+    "latest_per_key",
+    "parse_boolean",
+    "parse_date",
+    "parse_timestamp",
+    "split_loadable",
+    "sync_key",
+    "to_target",
+    "validate_columns",
+    "with_problems",
+]
+
+
+def split_loadable(df: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """(records that can load, records to quarantine) after ``with_problems``."""
+    problem = F.col(PROBLEM_COLUMN)
+    return df.where(problem.isNull()).drop(PROBLEM_COLUMN), df.where(problem.isNotNull())

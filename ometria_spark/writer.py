@@ -1,0 +1,134 @@
+"""The one MERGE writer: create the Delta table if absent, then UPSERT on the sync key."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from functools import reduce
+
+from delta.exceptions import ConcurrentAppendException, ConcurrentTransactionException
+from delta.tables import DeltaTable
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from ometria_spark.tables import KEY_COLUMN, SYNCED_AT, TableSpec
+from ometria_spark.transforms import finalize, latest_per_key, validate_columns
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """Where a table lives: a Delta path (``is_path``) or a catalog name."""
+
+    location: str
+    is_path: bool
+    # In path mode, also registered under this name in the session catalog (may be None).
+    catalog_name: str | None = None
+
+
+@dataclass(frozen=True)
+class MergeMetrics:
+    affected: int
+    inserted: int
+    updated: int
+
+
+def ensure_table(spark: SparkSession, spec: TableSpec, ref: TableRef) -> DeltaTable:
+    """Create the table with the spec's schema if it does not exist, and check its columns."""
+    builder = DeltaTable.createIfNotExists(spark).addColumns(spec.schema)
+    builder = builder.location(ref.location) if ref.is_path else builder.tableName(ref.location)
+    if spec.cluster_by:
+        builder = builder.clusterBy(*spec.cluster_by)
+    builder.execute()
+    table = _open(spark, ref)
+    validate_columns(table.toDF(), spec)
+    if ref.is_path and ref.catalog_name:
+        register(spark, ref)
+    return table
+
+
+def register(spark: SparkSession, ref: TableRef) -> None:
+    """Make a path table queryable by name (``spark.table('ometria.profiles')``)."""
+    assert ref.catalog_name is not None
+    *namespace, _ = ref.catalog_name.split(".")
+    if namespace:
+        spark.sql(f"CREATE SCHEMA IF NOT EXISTS {'.'.join(_quote(n) for n in namespace)}")
+    spark.sql(
+        f"CREATE TABLE IF NOT EXISTS {'.'.join(_quote(n) for n in ref.catalog_name.split('.'))} "
+        f"USING DELTA LOCATION '{ref.location.replace(chr(39), '')}'"
+    )
+
+
+def _quote(identifier: str) -> str:
+    return "`" + identifier.replace("`", "``") + "`"
+
+
+def _open(spark: SparkSession, ref: TableRef) -> DeltaTable:
+    if ref.is_path:
+        return DeltaTable.forPath(spark, ref.location)
+    return DeltaTable.forName(spark, ref.location)
+
+
+def changed(spec: TableSpec) -> Column:
+    """True when any column other than the write time differs (NULL-safe)."""
+    same = [
+        F.col(f"t.{c}").eqNullSafe(F.col(f"s.{c}"))
+        for c in spec.column_names
+        if c not in (KEY_COLUMN, SYNCED_AT)
+    ]
+    return ~reduce(lambda a, b: a & b, same)
+
+
+def merge_into(
+    spark: SparkSession,
+    source: DataFrame,
+    spec: TableSpec,
+    ref: TableRef,
+    *,
+    prune: Column | None = None,
+    attempts: int = 3,
+) -> MergeMetrics:
+    """UPSERT ``source`` (the spec's columns, optionally ``_fetch_order``) into the table.
+
+    The source is de-duplicated first: of the rows sharing a key, the one fetched last wins
+    (Delta fails a MERGE where two source rows match one target row). A matched row is
+    rewritten only when one of its values changed, so re-merging the same batch changes
+    nothing (and rewrites no file). ``prune`` is an extra predicate on the
+    target (``t.``) that narrows the files the MERGE reads. Concurrent-write conflicts are
+    retried; MERGE is idempotent, so a retry cannot duplicate rows.
+    """
+    source = source.transform(latest_per_key()).transform(finalize(spec))
+    validate_columns(source, spec)
+    table = ensure_table(spark, spec, ref)
+    condition = F.col(f"t.{KEY_COLUMN}") == F.col(f"s.{KEY_COLUMN}")
+    if prune is not None:
+        condition = condition & prune
+    for attempt in range(1, attempts + 1):
+        try:
+            result = (
+                table.alias("t")
+                .merge(source.alias("s"), condition)
+                .whenMatchedUpdateAll(condition=changed(spec))
+                .whenNotMatchedInsertAll()
+                .execute()
+            )
+            return _metrics(result)
+        except (ConcurrentAppendException, ConcurrentTransactionException) as exc:
+            if attempt == attempts:
+                raise
+            log.warning("%s: concurrent write (%s); retrying MERGE", spec.name, type(exc).__name__)
+            time.sleep(attempt)
+    raise AssertionError("unreachable")
+
+
+def _metrics(result: DataFrame) -> MergeMetrics:
+    row = result.first()
+    if row is None:
+        return MergeMetrics(0, 0, 0)
+    values = row.asDict()
+    inserted = int(values.get("num_inserted_rows") or 0)
+    updated = int(values.get("num_updated_rows") or 0)
+    affected = int(values.get("num_affected_rows") or 0)
+    return MergeMetrics(affected=affected, inserted=inserted, updated=updated)

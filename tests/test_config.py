@@ -1,0 +1,79 @@
+"""Config: defaults, overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ometria_spark.config import ApiConfig, Config, ConfigError, load_config
+
+MINIMAL = """
+account_id: acct-1
+source_id: 9001
+storage:
+  raw_path: /tmp/raw
+  tables_path: /tmp/tables
+sync:
+  streams: [profiles, lists]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    assert config.source_id == "9001"  # a YAML number is taken as the id's text
+    assert config.api == ApiConfig()
+    assert config.api.requests_per_second == 4.0
+    assert config.sync.streams == ("profiles", "lists")
+    assert config.table_location("profiles") == "/tmp/tables/profiles"
+    assert config.table_name("profiles") == "ometria.profiles"
+
+
+def test_managed_table_names(tmp_path: Path) -> None:
+    text = MINIMAL.replace("  tables_path: /tmp/tables\n", "  catalog: main\n")
+    config = load_config(write(tmp_path, text))
+    assert config.table_location("lists") == "main.ometria.lists"
+
+
+def test_overrides_use_dotted_keys(tmp_path: Path) -> None:
+    config = load_config(
+        write(tmp_path, MINIMAL),
+        {"api.base_url": "http://127.0.0.1:1/v2", "api.page_size": "100", "sync.streams": "lists"},
+    )
+    assert (config.api.base_url, config.api.page_size) == ("http://127.0.0.1:1/v2", 100)
+    assert config.sync.streams == ("lists",)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (MINIMAL.replace("account_id: acct-1\n", ""), "account_id: required key is missing"),
+        (MINIMAL.replace("  raw_path: /tmp/raw\n", ""), "storage.raw_path: required key"),
+        (MINIMAL + "api:\n  page_sise: 10\n", "api.page_sise: unknown key"),
+        (MINIMAL + "colour: blue\n", "colour: unknown key"),
+        (MINIMAL + "api:\n  page_size: ten\n", "api.page_size: expected int, got str"),
+        (MINIMAL + "api:\n  requests_per_second: true\n", "api.requests_per_second: expected"),
+        (MINIMAL + "api:\n  page_size: 1000\n", "api.page_size: must be between 1 and 250"),
+        (MINIMAL + "exports:\n  format: parquet\n", "exports.format: must be 'csv' or 'json'"),
+        (MINIMAL.replace("[profiles, lists]", "[profiles, orders]"), "sync.streams: unknown"),
+        (MINIMAL.replace("[profiles, lists]", "[email_events]"), "exports.email_events_path"),
+        (MINIMAL + "storage2: {}\n", "storage2: unknown key"),
+        (MINIMAL.replace("sync:\n", "sync:\n  start_date: soon\n"), "sync.start_date: not a date"),
+        ("- a\n- b\n", "the top level must be a mapping"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_config(write(tmp_path, text))
+
+
+def test_example_and_demo_configs_are_valid() -> None:
+    root = Path(__file__).resolve().parent.parent
+    for name in ("example.yaml", "demo.yaml"):
+        assert isinstance(load_config(root / "conf" / name), Config)

@@ -1,0 +1,104 @@
+"""The MERGE writer against real Delta tables in tmp_path."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chispa import assert_df_equality
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from ometria_spark.tables import LISTS
+from ometria_spark.transforms import ORDER_COLUMN
+from ometria_spark.writer import MergeMetrics, TableRef, merge_into
+
+T1 = datetime(2026, 11, 1, tzinfo=UTC)
+T2 = datetime(2026, 11, 2, tzinfo=UTC)
+
+
+def row(list_id: str, title: str, synced: datetime, status: str = "READY") -> tuple[Any, ...]:
+    created = datetime(2015, 11, 3, 11, 48, 10, tzinfo=UTC)
+    return (list_id, title, None, status, "DYNAMIC", created, None, "acct", "src",
+            f"key-{list_id}", synced)  # fmt: skip
+
+
+def frame(spark: SparkSession, rows: list[tuple[Any, ...]]) -> DataFrame:
+    return spark.createDataFrame(rows, LISTS.schema)
+
+
+def table(spark: SparkSession, path: Path) -> DataFrame:
+    return spark.read.format("delta").load(str(path))
+
+
+def test_merge_into_new_then_changed_then_same(spark: SparkSession, tmp_path: Path) -> None:
+    ref = TableRef(str(tmp_path / "lists"), is_path=True)
+    first = [row("L1", "VIPs", T1), row("L2", "Lapsed", T1)]
+
+    assert merge_into(spark, frame(spark, first), LISTS, ref) == MergeMetrics(2, 2, 0)
+    assert_df_equality(table(spark, tmp_path / "lists"), frame(spark, first),
+                       ignore_row_order=True, ignore_nullable=True)  # fmt: skip
+
+    # One changed row, one unchanged (only its write time differs), one new.
+    second = [row("L1", "VIPs ✨", T2), row("L2", "Lapsed", T2), row("L3", "New", T2)]
+    assert merge_into(spark, frame(spark, second), LISTS, ref) == MergeMetrics(2, 1, 1)
+    after_second = [row("L1", "VIPs ✨", T2), row("L2", "Lapsed", T1), row("L3", "New", T2)]
+    assert_df_equality(table(spark, tmp_path / "lists"), frame(spark, after_second),
+                       ignore_row_order=True, ignore_nullable=True)  # fmt: skip
+
+    # The same batch again: nothing inserted, nothing updated, no row changed.
+    versions_before = spark.sql(f"DESCRIBE HISTORY delta.`{tmp_path / 'lists'}`").count()
+    assert merge_into(spark, frame(spark, second), LISTS, ref) == MergeMetrics(0, 0, 0)
+    assert_df_equality(table(spark, tmp_path / "lists"), frame(spark, after_second),
+                       ignore_row_order=True, ignore_nullable=True)  # fmt: skip
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{tmp_path / 'lists'}`")
+    assert history.count() == versions_before + 1
+    latest = history.orderBy(F.col("version").desc()).first()
+    assert latest is not None
+    assert latest["operationMetrics"]["numTargetRowsUpdated"] == "0"
+    assert latest["operationMetrics"]["numTargetRowsInserted"] == "0"
+
+
+def test_duplicated_key_latest_fetched_wins(spark: SparkSession, tmp_path: Path) -> None:
+    ref = TableRef(str(tmp_path / "lists"), is_path=True)
+    batch = frame(
+        spark,
+        [row("L1", "old title", T1), row("L1", "newest title", T1), row("L1", "middle", T1)],
+    ).withColumn(
+        ORDER_COLUMN,
+        F.when(F.col("list_title") == "old title", 1)
+        .when(F.col("list_title") == "middle", 2)
+        .otherwise(3),
+    )
+    assert merge_into(spark, batch, LISTS, ref) == MergeMetrics(1, 1, 0)
+    assert_df_equality(table(spark, tmp_path / "lists"),
+                       frame(spark, [row("L1", "newest title", T1)]),
+                       ignore_row_order=True, ignore_nullable=True)  # fmt: skip
+
+
+def test_managed_table_by_name(spark: SparkSession, tmp_path: Path) -> None:
+    spark.sql(f"CREATE SCHEMA IF NOT EXISTS writer_test LOCATION '{tmp_path / 'db'}'")
+    ref = TableRef("writer_test.lists", is_path=False)
+    merge_into(spark, frame(spark, [row("L9", "Managed", T1)]), LISTS, ref)
+    assert_df_equality(spark.table("writer_test.lists"),
+                       frame(spark, [row("L9", "Managed", T1)]),
+                       ignore_row_order=True, ignore_nullable=True)  # fmt: skip
+    spark.sql("DROP SCHEMA writer_test CASCADE")
+
+
+def test_path_table_registered_by_name(spark: SparkSession, tmp_path: Path) -> None:
+    ref = TableRef(str(tmp_path / "lists"), is_path=True, catalog_name="writer_reg.lists")
+    merge_into(spark, frame(spark, [row("L5", "Named", T1)]), LISTS, ref)
+    assert [r["list_id"] for r in spark.table("writer_reg.lists").collect()] == ["L5"]
+    spark.sql("DROP SCHEMA writer_reg CASCADE")
+
+
+def test_existing_table_with_other_columns_fails_loudly(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "lists")
+    spark.createDataFrame([("L1",)], "list_id string").write.format("delta").save(path)
+    with pytest.raises(ValueError, match=r"lists: columns do not match the spec; missing \["):
+        merge_into(spark, frame(spark, [row("L1", "x", T1)]), LISTS, TableRef(path, True))
