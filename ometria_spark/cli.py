@@ -1,0 +1,121 @@
+"""Command line: ``ometria-sync --config FILE [--streams a,b] [--full-refresh]``.
+
+Used by ``jobs/ometria_sync.py`` (spark-submit) and as the console entry point of the
+wheel (Databricks ``python_wheel_task``). Exit status: 0 when every stream succeeded, 1 when
+any stream failed (the others still ran and committed), 2 for bad arguments or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from ometria_spark.config import STREAMS, ConfigError, load_config
+from ometria_spark.state import RunRecord
+
+log = logging.getLogger("ometria_spark")
+
+COLUMNS = (
+    ("stream", 13),
+    ("status", 9),
+    ("pages", 6),
+    ("files", 6),
+    ("read", 9),
+    ("inserted", 9),
+    ("updated", 8),
+    ("quarant.", 8),
+    ("bad vals", 8),
+    ("cursor", 20),
+)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="ometria-sync", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="YAML config file (see conf/example.yaml)")
+    parser.add_argument(
+        "--streams", help=f"comma-separated subset of: {', '.join(STREAMS)} (default: config)"
+    )
+    parser.add_argument(
+        "--full-refresh",
+        action="store_true",
+        help="ignore cursors and loaded-file records: re-read everything (rows are upserted)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set api.base_url=http://127.0.0.1:8080/v2",
+    )
+    parser.add_argument("--log-level", default="INFO", help="Python log level (default INFO)")
+    return parser.parse_args(argv)
+
+
+def summary(records: list[RunRecord]) -> str:
+    """The per-stream table printed at the end of a run."""
+    lines = ["  ".join(name.ljust(width) for name, width in COLUMNS)]
+    for r in records:
+        values = (
+            r.stream,
+            r.status,
+            r.pages,
+            r.files,
+            r.records_read,
+            r.rows_inserted,
+            r.rows_updated,
+            r.quarantined,
+            r.bad_values,
+            r.cursor_after or "-",
+        )
+        lines.append("  ".join(str(v).ljust(w) for v, (_, w) in zip(values, COLUMNS, strict=True)))
+        if r.error:
+            lines.append(f"  ! {r.stream}: {r.error}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    overrides: dict[str, str] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"ometria-sync: --set takes KEY=VALUE, got {item!r}", file=sys.stderr)
+            return 2
+        overrides[key.strip()] = value
+    if args.streams:
+        overrides["sync.streams"] = args.streams
+    try:
+        config = load_config(args.config, overrides)
+    except (ConfigError, OSError) as exc:
+        print(f"ometria-sync: config error: {exc}", file=sys.stderr)
+        return 2
+
+    # Imported late: argument and config errors answer without starting a JVM.
+    from ometria_spark.spark import get_spark, s3a_options
+    from ometria_spark.sync import run
+
+    spark = get_spark(hadoop_conf=s3a_options(config.exports.s3_endpoint, config.exports.s3_region))
+
+    def progress(stream: str, pages: int, records: int) -> None:
+        if pages % 20 == 0:
+            log.info("%s: %d pages, %d records fetched", stream, pages, records)
+
+    report = run(spark, config, full_refresh=args.full_refresh, on_page=progress)
+    print(f"run {report.run_id}")
+    print(summary(report.streams))
+    failed = [r for r in report.streams if r.status != "succeeded"]
+    if failed:
+        print(
+            f"ometria-sync: {len(failed)} stream(s) failed: "
+            + "; ".join(f"{r.stream}: {r.error}" for r in failed),
+            file=sys.stderr,
+        )
+        return 1
+    return 0

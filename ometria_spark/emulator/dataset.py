@@ -1,0 +1,354 @@
+"""A seeded, deterministic Ometria account: profiles, lists, list changes, unsubscribes and
+email events, with a clock that can be moved on one day at a time.
+
+Record shapes and timestamp formats follow docs/ometria-sources.md, including the awkward
+parts a connector must survive: nulls, absent keys, unicode, commas and quotes in text.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from operator import itemgetter
+from typing import Any
+
+DEFAULT_START = datetime(2026, 1, 1, tzinfo=UTC)
+DAY = 86_400
+
+FIRST_NAMES = [
+    "Zoë", "José", "Łukasz", "Søren", "美咲", "Anna", "Tom", "Chloé", "Mia 🌸", "Oliver",
+    "Amélie", "Jan", "Priya", "Noah", "Ingrid", "Kenji",
+]  # fmt: skip
+LAST_NAMES = [
+    "O'Brien", "Smith", "Kowalski", "Müller", "山田", "Nguyen", "García", "Brown", "Dupont",
+    "Jones", "Øvergård", "Patel",
+]  # fmt: skip
+# (country, timezone, city, province, zip)
+LOCATIONS: list[tuple[str | None, str | None, str | None, str | None, str | None]] = [
+    ("GB", "Europe/London", "London", "Greater London", "SW1A 1AA"),
+    ("GB", "Europe/London", "Manchester", None, "M1 1AE"),
+    ("PL", "Europe/Warsaw", "Łódź", "łódzkie", "90-001"),
+    ("JP", "Asia/Tokyo", "東京", "東京都", "100-0001"),
+    ("DE", "Europe/Berlin", "München", "Bayern", "80331"),
+    ("FR", "Europe/Paris", "Saint-Étienne", "Auvergne-Rhône-Alpes", "42000"),
+    ("US", "America/New_York", "New York", "NY", "10001"),
+    (None, None, None, None, None),
+]
+ADDRESSES: list[str | None] = [
+    "1 High Street",
+    '12 "Old" Mill Lane, Unit 3',
+    "Flat 4, 22 Baker St",
+    "ul. Piotrkowska 5",
+    "千代田1-1",
+    None,
+]
+OPTIN = ["EXPLICITLY_OPTEDIN", "NOT_SPECIFIED", "EXPLICITLY_OPTEDOUT"]
+LIFECYCLE: list[str | None] = ["prospect", "active", "lapsed", "vip", None]
+GENDERS: list[str | None] = ["f", "m", None, "x"]
+SHOPIFY_TAGS = ["", "vip", "wholesale, vip", 'said "hi"', "newsletter"]
+TAGS = [[], ["vip"], ["newsletter", "app"], ["💎 gold"]]
+
+LIST_TITLES = [
+    "Newsletter — UK",
+    "VIP 🌟",
+    "Łódź shoppers",
+    "Lapsed, 90 days",
+    'The "engaged" segment',
+    "Abandoned basket",
+]
+UNSUB_TYPES = ["unsubscribe", "complaint", "hard_bounce"]
+UNSUB_REASONS: list[tuple[str | None, str | None]] = [
+    ("too_many", "Too many emails"),
+    ("not_relevant", 'Content "not relevant", sorry'),
+    ("other", "Ich möchte keine E-Mails mehr 📭"),
+    (None, None),
+]
+EVENT_TYPES = ["send", "send", "send", "open", "open", "click", "bounce", "unsubscribe"]
+BOUNCE_CLASSES = ["hard", "soft", "block"]
+DEVICES: list[str | None] = ["mobile", "desktop", "tablet", None]
+GEOS: list[tuple[str | None, str | None, str | None]] = [
+    ("GB", "England", "Europe/London"),
+    ("PL", "Łódzkie", "Europe/Warsaw"),
+    ("JP", "東京都", "Asia/Tokyo"),
+    (None, None, None),
+]
+CAMPAIGNS = [
+    ("Spring sale, 20% off", "mass"),
+    ('The "Big" Event', "mass"),
+    ("Line one\nline two", "trigger"),
+    ("Été 🌞 collection", "mass"),
+    ("Welcome series", "trigger"),
+    ("Order confirmation", "transactional"),
+]
+
+
+def profile_ts(epoch: float) -> str:
+    """Format like the profiles and lists endpoints: ``2015-11-03T11:48:10+00:00``."""
+    return datetime.fromtimestamp(int(epoch), UTC).isoformat()
+
+
+def unsubscribe_ts(epoch: float) -> str:
+    """Format like the unsubscribes endpoint: ``2017-05-17 22:08:07+00``."""
+    return datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%d %H:%M:%S+00")
+
+
+def event_ts(epoch: float) -> str:
+    """Format like the email-event exports: ``2026-01-01 10:11:12``."""
+    return datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def profile_id(n: int) -> str:
+    """The n-th profile's id, shaped like ``2695-c473e2-4aaf58`` and unique for n < 2**24."""
+    # An odd multiplier is a bijection modulo 2**24, so the middle part never repeats.
+    middle = (n * 0x5BD1E9 + 0x3C6EF3) & 0xFFFFFF
+    head = (n * 0x9E37 + 0x2695) & 0xFFFF
+    tail = (n * 0x7FEB35 + 0x4AAF58) & 0xFFFFFF
+    return f"{head:04x}-{middle:06x}-{tail:06x}"
+
+
+@dataclass
+class Dataset:
+    """The state of one emulated Ometria account. Read and change it under ``lock``."""
+
+    profiles: list[dict[str, Any]]
+    lists: list[dict[str, Any]]
+    list_changes: dict[str, list[dict[str, Any]]]
+    unsubscribes: list[dict[str, Any]]
+    email_events: list[dict[str, Any]]
+    now: datetime
+    rng: random.Random = field(repr=False, compare=False)
+    next_profile: int = 0
+    next_event: int = 0
+    version: int = 0
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+
+    @classmethod
+    def generate(
+        cls,
+        seed: int = 7,
+        profiles: int = 2500,
+        lists: int = 6,
+        start: datetime = DEFAULT_START,
+    ) -> Dataset:
+        """Build a deterministic account of ``profiles`` profiles and ``lists`` lists."""
+        rng = random.Random(seed)
+        start_epoch = start.timestamp()
+        ds = cls([], [], {}, [], [], start, rng)
+        # Profiles were last updated some time in the two years before the clock starts.
+        ds.profiles = [
+            ds._new_profile(start_epoch - 1 - rng.random() * 730 * DAY) for _ in range(profiles)
+        ]
+        ds.profiles.sort(key=itemgetter("id"))
+        ds.lists = [ds._new_list(i, start_epoch) for i in range(lists)]
+        for lst in ds.lists:
+            ds.list_changes[lst["id"]] = ds._initial_changes(start_epoch)
+            ds._refresh_size(lst)
+        ds.unsubscribes = [
+            ds._new_unsubscribe(start_epoch - 1 - rng.random() * 90 * DAY)
+            for _ in range(max(1, min(profiles // 50, 5000)))
+        ]
+        ds.unsubscribes.sort(key=itemgetter("timestamp"))
+        ds.email_events = [
+            ds._new_event(start_epoch - 1 - rng.random() * 7 * DAY)
+            for _ in range(max(1, min(profiles, 20_000)))
+        ]
+        ds.email_events.sort(key=itemgetter("dt_occurred"))
+        return ds
+
+    def advance_day(self) -> None:
+        """Move the clock one day on, with that day's profile updates, sign-ups and events.
+
+        Every new timestamp lies in the day just passed: at or after the old ``now`` and
+        before the new one.
+        """
+        with self.lock:
+            rng = self.rng
+            day_start = self.now.timestamp()
+            self.now += timedelta(days=1)
+
+            def in_day() -> float:
+                return day_start + rng.random() * (DAY - 1)
+
+            count = len(self.profiles)
+            for i in rng.sample(range(count), max(1, count // 50)) if count else []:
+                self.profiles[i] = self._updated_profile(self.profiles[i], in_day())
+            self.profiles.extend(self._new_profile(in_day()) for _ in range(max(1, count // 100)))
+            self.profiles.sort(key=itemgetter("id"))
+
+            for lst in self.lists:
+                if lst["status"] != "READY":
+                    continue
+                changes = self.list_changes[lst["id"]]
+                for _ in range(rng.randint(1, 4)):
+                    changes.append(self._change(rng.choice(self.profiles), "list_enter", in_day()))
+                if rng.random() < 0.5:
+                    changes.append(self._change(rng.choice(self.profiles), "list_exit", in_day()))
+                changes.sort(key=itemgetter("timestamp"))
+                lst["timestamp_last_refreshed"] = profile_ts(in_day())
+                lst["timestamp_stats_updated"] = lst["timestamp_last_refreshed"]
+                self._refresh_size(lst)
+
+            new_unsubs = [self._new_unsubscribe(in_day()) for _ in range(max(1, count // 1000))]
+            self.unsubscribes.extend(new_unsubs)
+            self.unsubscribes.sort(key=itemgetter("timestamp"))
+            new_events = [self._new_event(in_day()) for _ in range(max(5, min(count // 50, 5000)))]
+            self.email_events.extend(new_events)
+            self.email_events.sort(key=itemgetter("dt_occurred"))
+            self.version += 1
+
+    # -- record builders --------------------------------------------------------------------
+
+    def _new_profile(self, updated: float) -> dict[str, Any]:
+        rng = self.rng
+        n = self.next_profile
+        self.next_profile += 1
+        r = rng.getrandbits(64)
+        first = FIRST_NAMES[r % 16]
+        last = LAST_NAMES[(r >> 4) % 12]
+        country, tz, city, province, zip_code = LOCATIONS[(r >> 8) % 8]
+        optin = OPTIN[(r >> 11) % 3]
+        created = updated - rng.random() * 365 * DAY
+        email = None if (r >> 13) & 63 == 0 else f"customer{n}@example.com"
+        profile: dict[str, Any] = {
+            "@type": "contact",
+            "id": profile_id(n),
+            "email": email,
+            "phone_number": None if (r >> 19) % 3 == 0 else f"+4477009{n % 100000:05d}",
+            "name": f"{first} {last}",
+            "firstname": first,
+            "lastname": last,
+            "gender": GENDERS[(r >> 21) % 4],
+            "country": country,
+            "marketing_optin": optin,
+            "timezone": tz,
+            "date_of_birth": None
+            if (r >> 23) % 4 == 0
+            else f"{1950 + (r >> 25) % 55}-{1 + (r >> 31) % 12:02d}-{1 + (r >> 35) % 28:02d}",
+            "seen": bool(r >> 40 & 1),
+            "lifecycle_status": LIFECYCLE[(r >> 41) % 5],
+            "is_email_valid": email is not None and (r >> 44) % 10 != 0,
+            "properties": {
+                "zip": zip_code,
+                "city": city,
+                "address1": ADDRESSES[(r >> 48) % 6],
+                "address2": None,
+                "province": province,
+                "shopify_tags": SHOPIFY_TAGS[(r >> 51) % 5],
+                "loyalty_points": (r >> 54) % 1000,
+            },
+            "dates": {
+                "account_created": profile_ts(created),
+                "marketing_optin": profile_ts(created) if optin == OPTIN[0] else None,
+                "marketing_optout": profile_ts(updated) if optin == OPTIN[2] else None,
+            },
+            "update_since": profile_ts(updated),
+            "tags": TAGS[(r >> 58) % 4],
+            "identities": [{"type": "email", "id": email}] if email else [],
+        }
+        # Absent keys, not just nulls: the connector must tolerate both.
+        if (r >> 60) % 5 != 0:
+            profile["customer_id"] = f"C{n:08d}"
+        if (r >> 62) == 0:
+            profile["middlename"] = "Marie"
+            del profile["properties"]["address2"]
+        return profile
+
+    def _updated_profile(self, old: dict[str, Any], updated: float) -> dict[str, Any]:
+        rng = self.rng
+        new = dict(old)
+        new["properties"] = dict(old["properties"])
+        new["properties"]["city"] = LOCATIONS[rng.randrange(len(LOCATIONS))][2]
+        new["lifecycle_status"] = LIFECYCLE[rng.randrange(len(LIFECYCLE))]
+        new["seen"] = True
+        new["update_since"] = profile_ts(updated)
+        return new
+
+    def _new_list(self, i: int, start_epoch: float) -> dict[str, Any]:
+        created = start_epoch - (400 - i) * DAY
+        return {
+            "id": str(3001 + i * 17),
+            "title": LIST_TITLES[i % len(LIST_TITLES)],
+            "description": None if i % 3 == 2 else f"List number {i}, for testing",
+            "status": "ARCHIVED" if i % 4 == 1 else "READY",
+            "type": "DYNAMIC" if i % 2 == 0 else "STATIC",
+            "size": 0,
+            "timestamp_created": profile_ts(created),
+            "timestamp_last_refreshed": profile_ts(start_epoch - 3600 * (i + 1)),
+            "timestamp_stats_updated": profile_ts(start_epoch - 3600 * (i + 1)),
+        }
+
+    def _initial_changes(self, start_epoch: float) -> list[dict[str, Any]]:
+        rng = self.rng
+        members = rng.sample(self.profiles, min(len(self.profiles), 30))
+        changes = []
+        for p in members:
+            entered = start_epoch - 1 - rng.random() * 60 * DAY
+            changes.append(self._change(p, "list_enter", entered))
+            if rng.random() < 0.25:
+                changes.append(
+                    self._change(p, "list_exit", entered + rng.random() * (start_epoch - entered))
+                )
+        changes.sort(key=itemgetter("timestamp"))
+        return changes
+
+    def _change(self, profile: dict[str, Any], event: str, at: float) -> dict[str, Any]:
+        return {
+            "profile_id": profile["id"],
+            "email": profile.get("email"),
+            "event": event,
+            "timestamp": profile_ts(at),
+        }
+
+    def _refresh_size(self, lst: dict[str, Any]) -> None:
+        changes = self.list_changes[lst["id"]]
+        enters = sum(1 for c in changes if c["event"] == "list_enter")
+        lst["size"] = max(0, 2 * enters - len(changes))
+
+    def _new_unsubscribe(self, at: float) -> dict[str, Any]:
+        rng = self.rng
+        profile = rng.choice(self.profiles)
+        reason, reason_text = UNSUB_REASONS[rng.randrange(len(UNSUB_REASONS))]
+        mass = rng.random() < 0.6
+        return {
+            "profile_id": profile["id"],
+            "email_address": profile.get("email"),
+            "type": UNSUB_TYPES[rng.randrange(len(UNSUB_TYPES))],
+            "timestamp": unsubscribe_ts(at),
+            "send_id": f"s-{rng.getrandbits(32):08x}",
+            "mass_campaign_id": str(rng.randrange(100, 999)) if mass else None,
+            "trigger_campaign_id": None if mass else str(rng.randrange(100, 999)),
+            "reason": reason,
+            "reason_text": reason_text,
+        }
+
+    def _new_event(self, at: float) -> dict[str, Any]:
+        rng = self.rng
+        n = self.next_event
+        self.next_event += 1
+        r = rng.getrandbits(32)
+        profile = self.profiles[r % len(self.profiles)] if self.profiles else {}
+        event_type = EVENT_TYPES[(r >> 20) % 8]
+        country, region, tz = GEOS[(r >> 23) % 4]
+        title, campaign_type = CAMPAIGNS[(r >> 25) % 6]
+        engaged = event_type in ("open", "click")
+        return {
+            "event_id": f"ev-{n:09d}",
+            "uuid": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            "to_address": profile.get("email") or f"unknown{n}@example.com",
+            "event_type": event_type,
+            "dt_occurred": event_ts(at),
+            "bounce_class": BOUNCE_CLASSES[(r >> 28) % 3] if event_type == "bounce" else None,
+            "reason": "mailbox full" if event_type == "bounce" else None,
+            "device_type": DEVICES[(r >> 30) % 4] if engaged else None,
+            "geo_country": country if engaged else None,
+            "geo_region": region if engaged else None,
+            "geo_timezone": tz if engaged else None,
+            "target_url": f"https://shop.example.com/p/{n}?utm=a,b"
+            if event_type == "click"
+            else None,
+            "campaign_title": title,
+            "campaign_type": campaign_type,
+        }

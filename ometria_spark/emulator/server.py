@@ -1,0 +1,364 @@
+"""A local HTTP server that answers like Ometria's REST Data API v2, on 127.0.0.1 only.
+
+It serves a ``Dataset`` under ``/v2``, checks ``X-Ometria-Auth``, can enforce a per-second
+rate limit with 429s, and can inject faults (5xx, 429, dropped connections, slow or
+truncated answers) into the next matching requests.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from ometria_spark.emulator.dataset import Dataset
+
+PREFIX = "/v2"
+AUTH_HEADER = "X-Ometria-Auth"
+PROFILE_DEFAULT_LIMIT = 10
+PROFILE_MAX_LIMIT = 250
+FAULTS = frozenset({"500", "503", "429", "429-retry-after", "drop", "slow", "truncated"})
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request the server saw.
+
+    ``status`` is 0 when the connection was dropped; ``time`` is its arrival (``time.time()``).
+    """
+
+    method: str
+    path: str
+    params: dict[str, str]
+    status: int
+    time: float
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def _parse_instant(value: str, name: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise _BadRequest(f"{name} is not a timestamp: {value!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def _int_param(params: dict[str, str], name: str, default: int | None) -> int | None:
+    if name not in params:
+        return default
+    try:
+        value = int(params[name])
+    except ValueError:
+        raise _BadRequest(f"{name} must be an integer") from None
+    if value < 0:
+        raise _BadRequest(f"{name} must not be negative")
+    return value
+
+
+class _HttpServer(ThreadingHTTPServer):
+    daemon_threads = True
+    emulator: EmulatorServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that time out and hang up are expected here (the "slow" fault); stay quiet.
+        pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _HttpServer
+    arrived_at = 0.0
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.server.emulator._handle(self)
+
+
+class EmulatorServer:
+    """Ometria's v2 API over a ``Dataset``, in a daemon thread on 127.0.0.1.
+
+    ``url`` is the base URL to give a client (``http://127.0.0.1:PORT/v2``). Use ``inject``
+    to queue faults, ``ignore_offset`` to mimic a server that ignores paging, and
+    ``request_log`` to see what was asked.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        api_key: str = "emulator-key",
+        requests_per_second: float | None = None,
+        retry_after: bool = False,
+        port: int = 0,
+    ) -> None:
+        self.dataset = dataset
+        self.api_key = api_key
+        self.requests_per_second = requests_per_second
+        self.retry_after = retry_after
+        self.ignore_offset = False
+        self.slow_seconds = 3.0
+        # Arrival times carry a few ms of scheduling jitter, so a client spacing requests at
+        # exactly 1/rps would trip a zero-tolerance window now and then; like a real limiter,
+        # the window forgives this much.
+        self.rate_grace_seconds = 0.02
+        self._port = port
+        self._lock = threading.Lock()
+        self._log: list[RequestRecord] = []
+        self._faults: list[list[Any]] = []
+        self._served: deque[float] = deque()
+        self._httpd: _HttpServer | None = None
+        self._thread: threading.Thread | None = None
+        self._profile_cache: tuple[int, str, list[dict[str, Any]]] | None = None
+
+    def __repr__(self) -> str:
+        return f"EmulatorServer(url={self.url if self._httpd else None!r})"
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> EmulatorServer:
+        """Bind 127.0.0.1 and serve in a daemon thread."""
+        if self._httpd is not None:
+            return self
+        httpd = _HttpServer(("127.0.0.1", self._port), _Handler)
+        httpd.emulator = self
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        if self._httpd is None:
+            return
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._httpd = None
+        self._thread = None
+
+    def __enter__(self) -> EmulatorServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """The bound port (the server must be started)."""
+        if self._httpd is None:
+            raise RuntimeError("the emulator is not started")
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """Base URL of the API, e.g. ``http://127.0.0.1:8123/v2``."""
+        return f"http://127.0.0.1:{self.port}{PREFIX}"
+
+    # -- faults and log ---------------------------------------------------------------------
+
+    def inject(self, fault: str, count: int = 1, path: str | None = None) -> None:
+        """Make the next ``count`` requests (to ``path``, if given) fail with ``fault``.
+
+        ``path`` is matched against the request path, with or without the ``/v2`` prefix.
+        """
+        if fault not in FAULTS:
+            raise ValueError(f"unknown fault {fault!r}; expected one of {sorted(FAULTS)}")
+        if path is not None and not path.startswith(PREFIX + "/"):
+            path = PREFIX + "/" + path.lstrip("/")
+        with self._lock:
+            self._faults.append([fault, count, path])
+
+    @property
+    def request_log(self) -> list[RequestRecord]:
+        """A copy of the requests seen so far, oldest first."""
+        with self._lock:
+            return list(self._log)
+
+    def reset_log(self) -> None:
+        """Forget the requests seen so far."""
+        with self._lock:
+            self._log.clear()
+
+    def _take_fault(self, path: str) -> str | None:
+        with self._lock:
+            for entry in self._faults:
+                if entry[2] is None or entry[2] == path:
+                    entry[1] -= 1
+                    if entry[1] <= 0:
+                        self._faults.remove(entry)
+                    return str(entry[0])
+        return None
+
+    def _over_rate(self, now: float) -> bool:
+        if self.requests_per_second is None:
+            return False
+        with self._lock:
+            while self._served and self._served[0] <= now - 1.0 + self.rate_grace_seconds:
+                self._served.popleft()
+            if len(self._served) >= self.requests_per_second:
+                return True
+            self._served.append(now)
+            return False
+
+    def _record(
+        self, handler: _Handler, method: str, path: str, params: dict[str, str], status: int
+    ) -> None:
+        with self._lock:
+            self._log.append(RequestRecord(method, path, params, status, handler.arrived_at))
+
+    # -- request handling -------------------------------------------------------------------
+
+    def _handle(self, handler: _Handler) -> None:
+        arrived = time.monotonic()
+        handler.arrived_at = time.time()
+        split = urlsplit(handler.path)
+        path = unquote(split.path)
+        params = dict(parse_qsl(split.query, keep_blank_values=True))
+
+        if self._over_rate(arrived):
+            headers = {"Retry-After": "1"} if self.retry_after else {}
+            self._send(handler, "GET", path, params, 429, {"error": "rate limited"}, headers)
+            return
+
+        fault = self._take_fault(path)
+        if fault == "drop":
+            self._record(handler, "GET", path, params, 0)
+            handler.close_connection = True
+            return
+        if fault in ("500", "503"):
+            self._send(handler, "GET", path, params, int(fault), {"error": "injected fault"})
+            return
+        if fault in ("429", "429-retry-after"):
+            headers = {"Retry-After": "1"} if fault == "429-retry-after" else {}
+            self._send(handler, "GET", path, params, 429, {"error": "rate limited"}, headers)
+            return
+        if fault == "slow":
+            time.sleep(self.slow_seconds)
+
+        if handler.headers.get(AUTH_HEADER) != self.api_key:
+            self._send(handler, "GET", path, params, 403, {"error": "API key not allowed"})
+            return
+        try:
+            status, body = self._route(path, params)
+        except _BadRequest as exc:
+            status, body = 400, {"error": str(exc)}
+        self._send(handler, "GET", path, params, status, body, truncate=fault == "truncated")
+
+    def _send(
+        self,
+        handler: _Handler,
+        method: str,
+        path: str,
+        params: dict[str, str],
+        status: int,
+        body: Any,
+        headers: dict[str, str] | None = None,
+        truncate: bool = False,
+    ) -> None:
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        if truncate:
+            status, data = 200, data[: len(data) // 2]
+        self._record(handler, method, path, params, status)
+        try:
+            handler.send_response(status)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                handler.send_header(name, value)
+            handler.end_headers()
+            handler.wfile.write(data)
+        except OSError:
+            # The client gave up (timeout) before the answer: nothing to tell it.
+            handler.close_connection = True
+
+    def _route(self, path: str, params: dict[str, str]) -> tuple[int, Any]:
+        if not path.startswith(PREFIX + "/"):
+            return 404, {"error": "not found"}
+        parts = path[len(PREFIX) + 1 :].strip("/").split("/")
+        with self.dataset.lock:
+            if parts == ["profiles"]:
+                return 200, self._profiles(params)
+            if parts == ["lists"]:
+                return 200, self._lists(params)
+            if len(parts) == 3 and parts[0] == "lists" and parts[2] == "changes":
+                changes = self.dataset.list_changes.get(parts[1])
+                if changes is None:
+                    return 404, {"error": f"list {parts[1]} not found"}
+                return 200, self._list_changes(changes, params)
+            if parts == ["unsubscribes"]:
+                return 200, self._unsubscribes(params)
+        return 404, {"error": "not found"}
+
+    def _page(
+        self, records: list[dict[str, Any]], params: dict[str, str], default_limit: int | None
+    ) -> list[dict[str, Any]]:
+        limit = _int_param(params, "limit", default_limit)
+        offset = _int_param(params, "offset", 0) or 0
+        if self.ignore_offset:
+            offset = 0
+        if limit is None:
+            return records[offset:]
+        return records[offset : offset + limit]
+
+    def _profiles(self, params: dict[str, str]) -> list[dict[str, Any]]:
+        limit = _int_param(params, "limit", PROFILE_DEFAULT_LIMIT)
+        if limit is not None and limit > PROFILE_MAX_LIMIT:
+            raise _BadRequest(f"limit must be at most {PROFILE_MAX_LIMIT}")
+        records = self.dataset.profiles
+        if "updateSince" in params:
+            since = _parse_instant(params["updateSince"], "updateSince").isoformat()
+            # All update_since values share one format, so string order is time order.
+            cached = self._profile_cache
+            if cached and cached[0] == self.dataset.version and cached[1] == since:
+                records = cached[2]
+            else:
+                records = [p for p in records if (p.get("update_since") or "") >= since]
+                self._profile_cache = (self.dataset.version, since, records)
+        return self._page(records, params, PROFILE_DEFAULT_LIMIT)
+
+    def _lists(self, params: dict[str, str]) -> list[dict[str, Any]]:
+        mode = params.get("mode", "active")
+        if mode == "all":
+            return list(self.dataset.lists)
+        if mode == "active":
+            return [x for x in self.dataset.lists if x["status"] != "ARCHIVED"]
+        if mode == "archived":
+            return [x for x in self.dataset.lists if x["status"] == "ARCHIVED"]
+        raise _BadRequest("mode must be active, archived or all")
+
+    def _list_changes(
+        self, changes: list[dict[str, Any]], params: dict[str, str]
+    ) -> list[dict[str, Any]]:
+        if "since" not in params:
+            raise _BadRequest("since is required")
+        since = _parse_instant(params["since"], "since").isoformat()
+        return self._page([c for c in changes if c["timestamp"] >= since], params, None)
+
+    def _unsubscribes(self, params: dict[str, str]) -> list[dict[str, Any]]:
+        if "since" not in params:
+            raise _BadRequest("since is required")
+        fmt = "%Y-%m-%d %H:%M:%S+00"
+        since = _parse_instant(params["since"], "since").strftime(fmt)
+        before = (
+            _parse_instant(params["before"], "before").strftime(fmt)
+            if "before" in params
+            else "9999"
+        )
+        selected = [u for u in self.dataset.unsubscribes if since <= u["timestamp"] < before]
+        return self._page(selected, params, None)

@@ -1,0 +1,232 @@
+"""The landing zone: raw API pages as JSON files, and the manifest of each pull.
+
+Layout under ``storage.raw_path``::
+
+    {stream}/{run_id}/_plan.json            what this pull fetches (requests, page size)
+    {stream}/{run_id}/r0000-o000000000.json one page: request index, offset
+    {stream}/{run_id}/r0000.done            request 0 fully landed
+    {stream}/{run_id}/_merged               pages merged and the cursor committed
+
+A page file is written whole or not at all (local: write then rename; S3: one PUT), so a
+page that exists is complete. A pull whose ``_merged`` marker is missing is resumed by the
+next run: requests without ``.done`` continue from their last landed page, then everything
+is merged. Supports local paths, ``file:``, ``s3://``/``s3a://`` (boto3) and ``dbfs:/``
+(through the ``/dbfs`` mount on Databricks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+PLAN_FILE = "_plan.json"
+MERGED_MARKER = "_merged"
+
+
+class Storage(Protocol):
+    def write_text(self, path: str, text: str) -> None: ...
+    def read_text(self, path: str) -> str: ...
+    def exists(self, path: str) -> bool: ...
+    def list_names(self, folder: str) -> list[str]: ...
+    def spark_path(self, path: str) -> str: ...
+
+
+class LocalStorage:
+    """A local folder (or the /dbfs mount)."""
+
+    def __init__(self, spark_prefix: str = "") -> None:
+        # dbfs:/x is /dbfs/x to Python and dbfs:/x to Spark.
+        self._spark_prefix = spark_prefix
+
+    def write_text(self, path: str, text: str) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, target)
+
+    def read_text(self, path: str) -> str:
+        return Path(path).read_text(encoding="utf-8")
+
+    def exists(self, path: str) -> bool:
+        return Path(path).exists()
+
+    def list_names(self, folder: str) -> list[str]:
+        base = Path(folder)
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if not p.name.startswith(".tmp-"))
+
+    def spark_path(self, path: str) -> str:
+        if self._spark_prefix:
+            return self._spark_prefix + path.removeprefix("/dbfs")
+        return "file://" + str(Path(path).resolve())
+
+
+class S3Storage:
+    """An S3 (or S3-compatible) prefix, through boto3."""
+
+    def __init__(self, endpoint_url: str | None = None, region: str | None = None) -> None:
+        import boto3
+
+        self._client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
+
+    @staticmethod
+    def _split(path: str) -> tuple[str, str]:
+        parsed = urlparse(path)
+        return parsed.netloc, parsed.path.lstrip("/")
+
+    def write_text(self, path: str, text: str) -> None:
+        bucket, key = self._split(path)
+        self._client.put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"))
+
+    def read_text(self, path: str) -> str:
+        bucket, key = self._split(path)
+        body = self._client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return str(body.decode("utf-8"))
+
+    def exists(self, path: str) -> bool:
+        bucket, key = self._split(path)
+        found = self._client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+        return any(o["Key"] == key for o in found.get("Contents", []))
+
+    def list_names(self, folder: str) -> list[str]:
+        bucket, key = self._split(folder.rstrip("/") + "/")
+        names: set[str] = set()
+        paginator = self._client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=key, Delimiter="/"):
+            names.update(o["Key"][len(key) :] for o in page.get("Contents", []))
+            names.update(
+                p["Prefix"][len(key) :].rstrip("/") for p in page.get("CommonPrefixes", [])
+            )
+        return sorted(names)
+
+    def spark_path(self, path: str) -> str:
+        return "s3a://" + path.split("://", 1)[1]
+
+
+def storage_for(root: str, s3_endpoint: str | None = None, region: str | None = None) -> Storage:
+    """The storage behind a ``storage.raw_path`` value."""
+    if root.startswith(("s3://", "s3a://")):
+        return S3Storage(s3_endpoint, region)
+    if root.startswith("dbfs:/"):
+        return LocalStorage(spark_prefix="dbfs:")
+    return LocalStorage()
+
+
+def local_root(root: str) -> str:
+    """``dbfs:/x`` -> ``/dbfs/x``; ``file:///x`` -> ``/x``; others unchanged."""
+    if root.startswith("dbfs:/"):
+        return "/dbfs/" + root.removeprefix("dbfs:/").lstrip("/")
+    if root.startswith("file:"):
+        return urlparse(root).path
+    return root
+
+
+@dataclass(frozen=True)
+class Request:
+    """One paged API request of a pull: which call, and its arguments."""
+
+    kind: str  # profiles | lists | list_changes | unsubscribes
+    args: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    stream: str
+    run_id: str
+    page_size: int
+    requests: tuple[Request, ...]
+    # Cursor values fixed when the plan is made (unsubscribes: the end of the last window).
+    cursors: dict[str, str] = field(default_factory=dict)
+    cursor_before: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> Plan:
+        data = json.loads(text)
+        data["requests"] = tuple(Request(**r) for r in data["requests"])
+        return Plan(**data)
+
+
+def page_name(request_index: int, offset: int) -> str:
+    return f"r{request_index:04d}-o{offset:09d}.json"
+
+
+class Landing:
+    """Pulls of the streams under one raw root."""
+
+    def __init__(self, root: str, storage: Storage) -> None:
+        self.root = local_root(root).rstrip("/")
+        self.storage = storage
+
+    def folder(self, stream: str, run_id: str) -> str:
+        return f"{self.root}/{stream}/{run_id}"
+
+    def save_plan(self, plan: Plan) -> None:
+        self.storage.write_text(
+            f"{self.folder(plan.stream, plan.run_id)}/{PLAN_FILE}", plan.to_json()
+        )
+
+    def unmerged_plans(self, stream: str) -> list[Plan]:
+        """Pulls of this stream that were started but never merged, oldest first."""
+        plans = []
+        for run_id in self.storage.list_names(f"{self.root}/{stream}"):
+            folder = self.folder(stream, run_id)
+            names = self.storage.list_names(folder)
+            if PLAN_FILE in names and MERGED_MARKER not in names:
+                plans.append(Plan.from_json(self.storage.read_text(f"{folder}/{PLAN_FILE}")))
+        return plans
+
+    def write_page(self, plan: Plan, request_index: int, page: dict[str, Any]) -> None:
+        name = page_name(request_index, int(page["offset"]))
+        self.storage.write_text(
+            f"{self.folder(plan.stream, plan.run_id)}/{name}",
+            json.dumps(page, ensure_ascii=False, separators=(",", ":")),
+        )
+
+    def mark_request_done(self, plan: Plan, request_index: int) -> None:
+        self.storage.write_text(
+            f"{self.folder(plan.stream, plan.run_id)}/r{request_index:04d}.done", ""
+        )
+
+    def mark_merged(self, plan: Plan) -> None:
+        self.storage.write_text(f"{self.folder(plan.stream, plan.run_id)}/{MERGED_MARKER}", "")
+
+    def progress(self, plan: Plan) -> tuple[set[int], dict[int, list[str]]]:
+        """(indexes of finished requests, {request index: its landed page names})."""
+        done: set[int] = set()
+        pages: dict[int, list[str]] = {}
+        for name in self.storage.list_names(self.folder(plan.stream, plan.run_id)):
+            if name.endswith(".done"):
+                done.add(int(name[1:5]))
+            elif name.startswith("r") and name.endswith(".json"):
+                pages.setdefault(int(name[1:5]), []).append(name)
+        return done, {k: sorted(v) for k, v in pages.items()}
+
+    def resume_offset(self, plan: Plan, request_index: int, page_names: list[str]) -> int:
+        """Where an unfinished request continues: after its last landed page."""
+        if not page_names:
+            return 0
+        last = json.loads(
+            self.storage.read_text(f"{self.folder(plan.stream, plan.run_id)}/{page_names[-1]}")
+        )
+        return int(last["offset"]) + len(last["records"])
+
+    def page_paths(self, plan: Plan) -> list[str]:
+        """Spark-readable paths of every landed page of a pull."""
+        folder = self.folder(plan.stream, plan.run_id)
+        _, pages = self.progress(plan)
+        return [
+            self.storage.spark_path(f"{folder}/{name}")
+            for names in pages.values()
+            for name in names
+        ]

@@ -1,0 +1,202 @@
+"""The job's own Delta tables beside the data: cursors, run records, quarantine.
+
+- ``_sync_state``: one row per (stream, scope) with the cursor to resume from. Written only
+  after the MERGE of the data it covers has committed.
+- ``_sync_runs``: one row per run and stream: what happened, with Delta's merge metrics.
+- ``_quarantine``: records and files that could not load, with the reason and raw text.
+  Keyed by md5(stream, source file, reason, raw text), so a re-merge does not duplicate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import (
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+from ometria_spark.config import Config
+from ometria_spark.writer import TableRef
+
+STATE_TABLE = "_sync_state"
+RUNS_TABLE = "_sync_runs"
+QUARANTINE_TABLE = "_quarantine"
+LOADED_FILES_TABLE = "_loaded_files"
+
+STATE_SCHEMA = StructType(
+    [
+        StructField("stream", StringType()),
+        StructField("scope", StringType()),
+        StructField("cursor", StringType()),
+        StructField("run_id", StringType()),
+        StructField("updated_at", TimestampType()),
+    ]
+)
+
+QUARANTINE_SCHEMA = StructType(
+    [
+        StructField("quarantine_id", StringType()),
+        StructField("stream", StringType()),
+        StructField("run_id", StringType()),
+        StructField("source_file", StringType()),
+        StructField("reason", StringType()),
+        StructField("raw", StringType()),
+        StructField("quarantined_at", TimestampType()),
+    ]
+)
+
+
+@dataclass
+class RunRecord:
+    """One row of ``_sync_runs``."""
+
+    run_id: str
+    stream: str
+    started_at: datetime
+    ended_at: datetime | None = None
+    status: str = "running"
+    pages: int = 0
+    files: int = 0
+    records_read: int = 0
+    rows_inserted: int = 0
+    rows_updated: int = 0
+    quarantined: int = 0
+    bad_values: int = 0
+    cursor_before: str | None = None
+    cursor_after: str | None = None
+    error: str | None = None
+
+
+RUNS_SCHEMA = StructType(
+    [
+        StructField(
+            f.name,
+            TimestampType()
+            if f.name in ("started_at", "ended_at")
+            else LongType()
+            if f.type in (int, "int")
+            else StringType(),
+        )
+        for f in fields(RunRecord)
+    ]
+)
+
+
+def table_ref(config: Config, table: str) -> TableRef:
+    """Where one of the job's tables (data or state) lives for this config."""
+    if config.storage.tables_path:
+        return TableRef(
+            config.table_location(table), is_path=True, catalog_name=config.table_name(table)
+        )
+    return TableRef(config.table_name(table), is_path=False)
+
+
+def _ensure(spark: SparkSession, ref: TableRef, schema: StructType) -> DeltaTable:
+    builder = DeltaTable.createIfNotExists(spark).addColumns(schema)
+    builder = builder.location(ref.location) if ref.is_path else builder.tableName(ref.location)
+    builder.execute()
+    if ref.is_path:
+        return DeltaTable.forPath(spark, ref.location)
+    return DeltaTable.forName(spark, ref.location)
+
+
+class StateStore:
+    """Cursors, run records and quarantine for one configuration."""
+
+    def __init__(self, spark: SparkSession, config: Config) -> None:
+        self.spark = spark
+        self.state_ref = table_ref(config, STATE_TABLE)
+        self.runs_ref = table_ref(config, RUNS_TABLE)
+        self.quarantine_ref = table_ref(config, QUARANTINE_TABLE)
+
+    # --- cursors ---------------------------------------------------------------------
+
+    def cursors(self, stream: str) -> dict[str, str]:
+        """{scope: cursor} of a stream ('' is the scope of single-cursor streams)."""
+        table = _ensure(self.spark, self.state_ref, STATE_SCHEMA)
+        rows = table.toDF().where(F.col("stream") == stream).select("scope", "cursor").collect()
+        return {r["scope"]: r["cursor"] for r in rows if r["cursor"] is not None}
+
+    def cursor(self, stream: str, scope: str = "") -> str | None:
+        return self.cursors(stream).get(scope)
+
+    def set_cursors(self, stream: str, cursors: dict[str, str], run_id: str) -> None:
+        """Upsert cursors of a stream in one Delta commit."""
+        if not cursors:
+            return
+        table = _ensure(self.spark, self.state_ref, STATE_SCHEMA)
+        now = datetime.now().astimezone()
+        rows = [(stream, scope, value, run_id, now) for scope, value in cursors.items()]
+        updates = self.spark.createDataFrame(rows, STATE_SCHEMA)
+        (
+            table.alias("t")
+            .merge(updates.alias("s"), "t.stream = s.stream AND t.scope = s.scope")
+            .whenMatchedUpdateAll()
+            .whenNotMatchedInsertAll()
+            .execute()
+        )
+
+    def reset(self, stream: str) -> None:
+        """Forget a stream's cursors (``--full-refresh``)."""
+        table = _ensure(self.spark, self.state_ref, STATE_SCHEMA)
+        table.delete(F.col("stream") == stream)
+
+    # --- runs ------------------------------------------------------------------------
+
+    def record_run(self, record: RunRecord) -> None:
+        table = _ensure(self.spark, self.runs_ref, RUNS_SCHEMA)
+        row = asdict(record)
+        df = self.spark.createDataFrame([tuple(row[f.name] for f in RUNS_SCHEMA)], RUNS_SCHEMA)
+        (
+            table.alias("t")
+            .merge(df.alias("s"), "t.run_id = s.run_id AND t.stream = s.stream")
+            .whenMatchedUpdateAll()
+            .whenNotMatchedInsertAll()
+            .execute()
+        )
+
+    # --- quarantine ------------------------------------------------------------------
+
+    def quarantine(self, rows: DataFrame, *, stream: str, run_id: str) -> int:
+        """Add rows with ``_source_file``, ``_problem`` and ``_raw``; returns the count
+        of rows given (re-quarantining the same record is a no-op)."""
+        table = _ensure(self.spark, self.quarantine_ref, QUARANTINE_SCHEMA)
+        prepared = (
+            rows.select(
+                F.md5(
+                    F.concat_ws(
+                        "\u0001",
+                        F.lit(stream),
+                        F.coalesce(F.col("_source_file"), F.lit("")),
+                        F.col("_problem"),
+                        F.coalesce(F.col("_raw"), F.lit("")),
+                    )
+                ).alias("quarantine_id"),
+                F.lit(stream).alias("stream"),
+                F.lit(run_id).alias("run_id"),
+                F.col("_source_file").alias("source_file"),
+                F.col("_problem").alias("reason"),
+                F.col("_raw").alias("raw"),
+                F.current_timestamp().alias("quarantined_at"),
+            )
+            .dropDuplicates(["quarantine_id"])
+            .cache()
+        )
+        count = prepared.count()
+        if count:
+            (
+                table.alias("t")
+                .merge(prepared.alias("s"), "t.quarantine_id = s.quarantine_id")
+                .whenNotMatchedInsertAll()
+                .execute()
+            )
+        prepared.unpersist()
+        return count
