@@ -24,7 +24,7 @@ from pyspark.sql.types import (
 )
 
 from ometria_spark.config import Config
-from ometria_spark.writer import TableRef
+from ometria_spark.writer import TableRef, create_if_absent, open_table
 
 STATE_TABLE = "_sync_state"
 RUNS_TABLE = "_sync_runs"
@@ -99,15 +99,6 @@ def table_ref(config: Config, table: str) -> TableRef:
     return TableRef(config.table_name(table), is_path=False)
 
 
-def _ensure(spark: SparkSession, ref: TableRef, schema: StructType) -> DeltaTable:
-    builder = DeltaTable.createIfNotExists(spark).addColumns(schema)
-    builder = builder.location(ref.location) if ref.is_path else builder.tableName(ref.location)
-    builder.execute()
-    if ref.is_path:
-        return DeltaTable.forPath(spark, ref.location)
-    return DeltaTable.forName(spark, ref.location)
-
-
 class StateStore:
     """Cursors, run records and quarantine for one configuration."""
 
@@ -116,14 +107,31 @@ class StateStore:
         self.state_ref = table_ref(config, STATE_TABLE)
         self.runs_ref = table_ref(config, RUNS_TABLE)
         self.quarantine_ref = table_ref(config, QUARANTINE_TABLE)
+        self._ready: set[str] = set()
+        self._cursors: dict[str, dict[str, str]] | None = None
+
+    def _table(self, ref: TableRef, schema: StructType) -> DeltaTable:
+        """The table, created on first use (checked once per store, not per call)."""
+        if ref.location in self._ready:
+            return open_table(self.spark, ref)
+        table = create_if_absent(self.spark, ref, schema)
+        self._ready.add(ref.location)
+        return table
 
     # --- cursors ---------------------------------------------------------------------
 
     def cursors(self, stream: str) -> dict[str, str]:
-        """{scope: cursor} of a stream ('' is the scope of single-cursor streams)."""
-        table = _ensure(self.spark, self.state_ref, STATE_SCHEMA)
-        rows = table.toDF().where(F.col("stream") == stream).select("scope", "cursor").collect()
-        return {r["scope"]: r["cursor"] for r in rows if r["cursor"] is not None}
+        """{scope: cursor} of a stream ('' is the scope of single-cursor streams).
+
+        The state table is read once per store; later calls see this store's own writes.
+        """
+        if self._cursors is None:
+            table = self._table(self.state_ref, STATE_SCHEMA)
+            self._cursors = {}
+            for row in table.toDF().select("stream", "scope", "cursor").collect():
+                if row["cursor"] is not None:
+                    self._cursors.setdefault(row["stream"], {})[row["scope"]] = row["cursor"]
+        return dict(self._cursors.get(stream, {}))
 
     def cursor(self, stream: str, scope: str = "") -> str | None:
         return self.cursors(stream).get(scope)
@@ -132,7 +140,7 @@ class StateStore:
         """Upsert cursors of a stream in one Delta commit."""
         if not cursors:
             return
-        table = _ensure(self.spark, self.state_ref, STATE_SCHEMA)
+        table = self._table(self.state_ref, STATE_SCHEMA)
         now = datetime.now().astimezone()
         rows = [(stream, scope, value, run_id, now) for scope, value in cursors.items()]
         updates = self.spark.createDataFrame(rows, STATE_SCHEMA)
@@ -143,32 +151,40 @@ class StateStore:
             .whenNotMatchedInsertAll()
             .execute()
         )
+        if self._cursors is not None:
+            self._cursors.setdefault(stream, {}).update(cursors)
 
     def reset(self, stream: str) -> None:
         """Forget a stream's cursors (``--full-refresh``)."""
-        table = _ensure(self.spark, self.state_ref, STATE_SCHEMA)
+        table = self._table(self.state_ref, STATE_SCHEMA)
         table.delete(F.col("stream") == stream)
+        if self._cursors is not None:
+            self._cursors.pop(stream, None)
 
     # --- runs ------------------------------------------------------------------------
 
     def record_run(self, record: RunRecord) -> None:
-        table = _ensure(self.spark, self.runs_ref, RUNS_SCHEMA)
+        """Append the finished stream's record (one row per run and stream)."""
+        self._table(self.runs_ref, RUNS_SCHEMA)
         row = asdict(record)
         df = self.spark.createDataFrame([tuple(row[f.name] for f in RUNS_SCHEMA)], RUNS_SCHEMA)
-        (
-            table.alias("t")
-            .merge(df.alias("s"), "t.run_id = s.run_id AND t.stream = s.stream")
-            .whenMatchedUpdateAll()
-            .whenNotMatchedInsertAll()
-            .execute()
-        )
+        writer = df.write.format("delta").mode("append")
+        if self.runs_ref.is_path:
+            writer.save(self.runs_ref.location)
+        else:
+            writer.saveAsTable(self.runs_ref.location)
+
+    def runs(self) -> DataFrame:
+        """All recorded runs (``_sync_runs``)."""
+        self._table(self.runs_ref, RUNS_SCHEMA)
+        return open_table(self.spark, self.runs_ref).toDF()
 
     # --- quarantine ------------------------------------------------------------------
 
     def quarantine(self, rows: DataFrame, *, stream: str, run_id: str) -> int:
-        """Add rows with ``_source_file``, ``_problem`` and ``_raw``; returns the count
-        of rows given (re-quarantining the same record is a no-op)."""
-        table = _ensure(self.spark, self.quarantine_ref, QUARANTINE_SCHEMA)
+        """Add rows with ``_source_file``, ``_problem`` and ``_raw``; returns how many
+        distinct items were given (re-quarantining the same record adds no row)."""
+        table = self._table(self.quarantine_ref, QUARANTINE_SCHEMA)
         prepared = (
             rows.select(
                 F.md5(

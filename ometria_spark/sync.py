@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ometria_spark.client import OmetriaClient, Throttle, api_key_from_env
@@ -70,6 +71,13 @@ class MergeCounts:
     def add(self, other: MergeCounts) -> None:
         for name in self.__dataclass_fields__:
             setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def crash_point(name: str) -> None:
+    """Test hook: ``OMETRIA_SPARK_CRASH_AT=name`` kills this process here with SIGKILL, the
+    way a lost driver or an OOM kill would, so crash tests can stop at exact phases."""
+    if os.environ.get("OMETRIA_SPARK_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def new_run_id(now: datetime) -> str:
@@ -149,7 +157,9 @@ def run(
             record.status = "failed"
             record.error = _one_line(exc, api_key)
             log.error("%s failed: %s", stream, record.error)
+            log.debug("%s failure detail", stream, exc_info=True)
         finally:
+            crash_point(f"after:{stream}")
             record.ended_at = datetime.now(UTC)
             report.streams.append(record)
             try:
@@ -162,8 +172,14 @@ def run(
 
 
 def _one_line(exc: BaseException, secret: str) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:500]
-    return text.replace(secret, "***") if secret else text
+    """A short, secret-free reason; for JVM errors, the Java exception's own message."""
+    java = getattr(exc, "java_exception", None)
+    text = str(java.toString()) if java is not None else f"{type(exc).__name__}: {exc}"
+    lines = [line for line in text.strip().splitlines() if line.strip()] or [type(exc).__name__]
+    line = lines[0][:500]
+    # A safety net: the client never puts the key in a message. (Too short a value would
+    # mask ordinary words, and no real key is that short.)
+    return line.replace(secret, "***") if len(secret) >= 8 else line
 
 
 def _sync_api_stream(
@@ -202,6 +218,7 @@ def _sync_api_stream(
     )
     landing.save_plan(plan)
     land(plan, client, landing, on_page=on_page)
+    crash_point(f"landed:{stream}")
     counts.add(merge_pull(spark, config, state, landing, plan))
     record.cursor_after = _describe(state.cursors(stream))
     record.pages = counts.pages
@@ -232,10 +249,19 @@ def merge_pull(
     if paths:
         pages = read_pages(spark, paths).cache()
         records = page_records(pages, spec).transform(with_problems(spec)).cache()
+        totals = records.agg(
+            F.count(F.lit(1)).alias("read"),
+            F.count(PROBLEM_COLUMN).alias("bad"),
+        ).first()
+        bad_page_count = bad_pages(pages).count()
+        assert totals is not None
+        counts.records_read = int(totals["read"])
         good, bad = split_loadable(records)
-        rejected = bad_pages(pages).unionByName(bad.select(SOURCE_FILE, PROBLEM_COLUMN, RAW_COLUMN))
-        counts.quarantined = state.quarantine(rejected, stream=plan.stream, run_id=plan.run_id)
-        counts.records_read = records.count()
+        if totals["bad"] or bad_page_count:
+            rejected = bad_pages(pages).unionByName(
+                bad.select(SOURCE_FILE, PROBLEM_COLUMN, RAW_COLUMN)
+            )
+            counts.quarantined = state.quarantine(rejected, stream=plan.stream, run_id=plan.run_id)
         prepared = good.transform(
             to_target(
                 spec,
@@ -243,16 +269,15 @@ def merge_pull(
                 account_id=config.account_id,
                 synced_at=datetime.now(UTC),
             )
-        ).cache()
-        counts.bad_values = int(
-            prepared.agg(F.sum(F.size(BAD_VALUES_COLUMN))).first()[0] or 0  # type: ignore[index]
         )
         metrics = merge_into(spark, prepared, spec, table_ref(config, spec.name))
         counts.inserted, counts.updated = metrics.inserted, metrics.updated
-        new_cursors.update(observed_cursors(plan.stream, good))
-        prepared.unpersist()
+        summary = observed(plan.stream, good, prepared)
+        counts.bad_values = summary.bad_values
+        new_cursors.update(summary.cursors)
         records.unpersist()
         pages.unpersist()
+    crash_point(f"merged:{plan.stream}")
     # The MERGE has committed: only now may the cursor move past this data.
     if new_cursors:
         old = state.cursors(plan.stream)
@@ -262,20 +287,29 @@ def merge_pull(
     return counts
 
 
-def observed_cursors(stream: str, records: DataFrame) -> dict[str, str]:
-    """The newest source timestamps among merged records: the server's clock, not ours."""
+@dataclass
+class Observed:
+    cursors: dict[str, str]
+    bad_values: int
 
-    def latest(column: str) -> F.Column:
+
+def observed(stream: str, good: DataFrame, prepared: DataFrame) -> Observed:
+    """What the merged records tell: the newest source timestamps (the server's clock, not
+    ours) as the next cursors, and how many values did not parse."""
+    bad_values = prepared.agg(F.sum(F.size(BAD_VALUES_COLUMN))).first()
+    bad = int(bad_values[0] or 0) if bad_values is not None else 0
+
+    def latest(column: str) -> Column:
         return F.date_format(F.max(parse_timestamp(F.col(column))), CURSOR_FORMAT)
 
     if stream in ("profiles", "unsubscribes"):
         column = "update_since" if stream == "profiles" else "timestamp"
-        row = records.agg(latest(column).alias("c")).first()
-        return {"": row["c"]} if row is not None and row["c"] else {}
+        row = good.agg(latest(column).alias("c")).first()
+        return Observed({"": row["c"]} if row is not None and row["c"] else {}, bad)
     if stream == "member_lists":
-        rows = records.groupBy("id").agg(latest("timestamp").alias("c")).collect()
-        return {r["id"]: r["c"] for r in rows if r["c"]}
-    return {}
+        rows = good.groupBy("id").agg(latest("timestamp").alias("c")).collect()
+        return Observed({r["id"]: r["c"] for r in rows if r["c"]}, bad)
+    return Observed({}, bad)
 
 
 def _sync_email_events(

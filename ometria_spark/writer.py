@@ -11,6 +11,7 @@ from delta.exceptions import ConcurrentAppendException, ConcurrentTransactionExc
 from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
 
 from ometria_spark.tables import KEY_COLUMN, SYNCED_AT, TableSpec
 from ometria_spark.transforms import finalize, latest_per_key, validate_columns
@@ -35,23 +36,40 @@ class MergeMetrics:
     updated: int
 
 
-def ensure_table(spark: SparkSession, spec: TableSpec, ref: TableRef) -> DeltaTable:
-    """Create the table with the spec's schema if it does not exist, and check its columns."""
-    builder = DeltaTable.createIfNotExists(spark).addColumns(spec.schema)
-    builder = builder.location(ref.location) if ref.is_path else builder.tableName(ref.location)
-    if spec.cluster_by:
-        builder = builder.clusterBy(*spec.cluster_by)
-    builder.execute()
-    table = _open(spark, ref)
-    validate_columns(table.toDF(), spec)
+def table_exists(spark: SparkSession, ref: TableRef) -> bool:
+    if ref.is_path:
+        return bool(DeltaTable.isDeltaTable(spark, ref.location))
+    return bool(spark.catalog.tableExists(ref.location))
+
+
+def create_if_absent(
+    spark: SparkSession, ref: TableRef, schema: StructType, cluster_by: tuple[str, ...] = ()
+) -> DeltaTable:
+    """Open the Delta table at ``ref``, creating it with ``schema`` first if needed; in
+    path mode also register its catalog name."""
+    if not table_exists(spark, ref):
+        builder = DeltaTable.createIfNotExists(spark).addColumns(schema)
+        builder = builder.location(ref.location) if ref.is_path else builder.tableName(ref.location)
+        if cluster_by:
+            builder = builder.clusterBy(*cluster_by)
+        builder.execute()
     if ref.is_path and ref.catalog_name:
         register(spark, ref)
+    return open_table(spark, ref)
+
+
+def ensure_table(spark: SparkSession, spec: TableSpec, ref: TableRef) -> DeltaTable:
+    """Create the table with the spec's schema if it does not exist, and check its columns."""
+    table = create_if_absent(spark, ref, spec.schema, spec.cluster_by)
+    validate_columns(table.toDF(), spec)
     return table
 
 
 def register(spark: SparkSession, ref: TableRef) -> None:
     """Make a path table queryable by name (``spark.table('ometria.profiles')``)."""
     assert ref.catalog_name is not None
+    if spark.catalog.tableExists(ref.catalog_name):
+        return
     *namespace, _ = ref.catalog_name.split(".")
     if namespace:
         spark.sql(f"CREATE SCHEMA IF NOT EXISTS {'.'.join(_quote(n) for n in namespace)}")
@@ -65,7 +83,7 @@ def _quote(identifier: str) -> str:
     return "`" + identifier.replace("`", "``") + "`"
 
 
-def _open(spark: SparkSession, ref: TableRef) -> DeltaTable:
+def open_table(spark: SparkSession, ref: TableRef) -> DeltaTable:
     if ref.is_path:
         return DeltaTable.forPath(spark, ref.location)
     return DeltaTable.forName(spark, ref.location)

@@ -1,0 +1,130 @@
+"""The job as users run it: a separate process, killed at exact phases, rerun, and checked.
+
+Each case runs `jobs/ometria_sync.py` in a subprocess against the emulator over loopback,
+so a SIGKILL really loses the process (JVM, caches, half-done work) as a crash would.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from pyspark.sql import SparkSession
+
+from ometria_spark.config import load_config
+from ometria_spark.emulator.dataset import Dataset
+from ometria_spark.emulator.server import EmulatorServer
+from tests.test_sync import ACCOUNT, KEY, SOURCE, assert_tables_match
+
+ROOT = Path(__file__).resolve().parent.parent
+STREAMS = ["lists", "profiles", "member_lists"]
+# Short-lived JVMs: C1-only JIT starts faster, and these runs are too short for C2 to pay.
+FAST_JVM = "-XX:TieredStopAtLevel=1"
+
+
+@pytest.fixture()
+def emulator() -> Iterator[EmulatorServer]:
+    with EmulatorServer(Dataset.generate(seed=5, profiles=450, lists=2), api_key=KEY) as server:
+        yield server
+
+
+def write_config(tmp_path: Path, server: EmulatorServer) -> Path:
+    path = tmp_path / "sync.yaml"
+    config = {
+        "account_id": ACCOUNT,
+        "source_id": SOURCE,
+        "api": {"base_url": server.url, "key_env": "OMETRIA_TEST_KEY", "page_size": 100,
+                "requests_per_second": 200, "max_attempts": 2},
+        "storage": {"raw_path": str(tmp_path / "raw"), "tables_path": str(tmp_path / "t")},
+        "sync": {"streams": STREAMS, "start_date": "2025-06-01"},
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def sync(
+    config: Path, *, key: str = KEY, crash_at: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "OMETRIA_TEST_KEY": key,
+        "OMETRIA_SPARK_MASTER": "local[2]",
+        "JAVA_TOOL_OPTIONS": FAST_JVM,
+    }
+    env.pop("OMETRIA_SPARK_CRASH_AT", None)
+    if crash_at:
+        env["OMETRIA_SPARK_CRASH_AT"] = crash_at
+    return subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "ometria_sync.py"), "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def test_crashes_lose_nothing_and_rerun_completes(
+    spark: SparkSession, tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    config_path = write_config(tmp_path, emulator)
+    config = load_config(config_path)
+    ds = emulator.dataset
+
+    # Killed after profiles' pages are landed, before their MERGE commits.
+    crashed = sync(config_path, crash_at="landed:profiles")
+    assert crashed.returncode == -9, crashed.stderr[-2000:]
+    profile_pulls = list((tmp_path / "raw" / "profiles").iterdir())
+    assert len(profile_pulls) == 1
+    assert len(list(profile_pulls[0].glob("r0000-o*.json"))) == 5  # 450 profiles, pages of 100
+    assert not (profile_pulls[0] / "_merged").exists()
+
+    # The rerun merges the landed pull first, then syncs on; the summary is printed.
+    rerun = sync(config_path)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "stream" in rerun.stdout and "succeeded" in rerun.stdout
+    for stream in STREAMS:
+        assert any(line.startswith(stream) for line in rerun.stdout.splitlines()), rerun.stdout
+    assert (profile_pulls[0] / "_merged").exists()
+    assert_tables_match(spark, config, ds, tuple(STREAMS))
+
+    # A day later: killed after a MERGE but before its cursor is saved, then between two
+    # streams (profiles done, member_lists not begun).
+    ds.advance_day()
+    assert sync(config_path, crash_at="merged:profiles").returncode == -9
+    assert sync(config_path, crash_at="after:profiles").returncode == -9
+    final = sync(config_path)
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert_tables_match(spark, config, ds, tuple(STREAMS))
+
+
+def test_refused_key_exits_non_zero_with_one_clear_line(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    config_path = write_config(tmp_path, emulator)
+    wrong = "wrong-key-7c1d9e"
+    result = sync(config_path, key=wrong)
+    assert result.returncode == 1
+    reasons = [line for line in result.stderr.splitlines() if line.startswith("ometria-sync:")]
+    assert len(reasons) == 1
+    assert "refused" in reasons[0].lower()
+    assert wrong not in result.stdout + result.stderr
+    assert KEY not in result.stdout + result.stderr
+
+
+def test_bad_config_exits_2_before_starting_spark(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "account_id: a\nsource_id: s\nstorage: {raw_path: /tmp/x}\napi: {pagesize: 5}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "ometria_sync.py"), "--config", str(path)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "api.pagesize: unknown key" in result.stderr
