@@ -32,6 +32,8 @@ demo: setup
 
 bench: setup
 	$(PY) bench/extract_rate.py
+	$(PY) bench/extract_rate.py --profiles 25000
+	$(PY) bench/email_events.py
 
 clean:
 	rm -rf $(VENV) warehouse demo-data spark-warehouse metastore_db derby.log
