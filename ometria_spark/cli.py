@@ -101,7 +101,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ometria_spark.spark import get_spark, s3a_options
     from ometria_spark.sync import run
 
-    spark = get_spark(hadoop_conf=s3a_options(config.exports.s3_endpoint, config.exports.s3_region))
+    try:
+        spark = get_spark(
+            hadoop_conf=s3a_options(config.exports.s3_endpoint, config.exports.s3_region)
+        )
+    except RuntimeError as exc:  # no Delta in a reused session, jars not fetched
+        print(f"ometria-sync: {exc}", file=sys.stderr)
+        return 2
 
     def progress(stream: str, pages: int, records: int) -> None:
         if pages % 20 == 0:

@@ -76,6 +76,8 @@ def get_spark(
     if spark is None:
         if on_databricks() or launched_by_spark_submit():
             spark = SparkSession.builder.appName(app_name).getOrCreate()
+            if launched_by_spark_submit() and not on_databricks():
+                spark.sparkContext.setLogLevel(os.environ.get("OMETRIA_SPARK_LOG_LEVEL", "WARN"))
         else:
             spark = _local_session(app_name, extra_conf or {}, hadoop_conf or {})
     spark.conf.set("spark.sql.session.timeZone", "UTC")
