@@ -455,3 +455,35 @@ def test_event_time_prune(spark: SparkSession) -> None:
     assert kept(event_time_prune(ts(2026, 1, 2), ts(2026, 1, 5), has_null=True)) == [2, 4]
     assert kept(event_time_prune(None, None, has_null=True)) == [4]
     assert event_time_prune(None, None, has_null=False) is None
+
+
+def test_files_from_the_emulator_export_writer(spark: SparkSession, tmp_path: Path) -> None:
+    """Nested date folders of gzip CSV as the emulator writes them, plus one event sent
+    again in a later file: the table equals rows derived in plain Python."""
+    from ometria_spark.emulator.dataset import Dataset
+    from ometria_spark.emulator.exports import export_files as emulator_files
+    from ometria_spark.emulator.exports import write_local
+    from ometria_spark.tables import SYNCED_AT
+    from tests import expected
+
+    events = Dataset.generate(seed=2, profiles=150, lists=1).email_events
+    root = tmp_path / "exports"
+    written = write_local(root, emulator_files(events, files=2))
+    assert len({p.parent for p in written}) > 1 and all(p.suffix == ".gz" for p in written)
+    # The value kinds the export must carry through: commas, quotes, newlines, unicode.
+    titles = {e["campaign_title"] for e in events}
+    assert any("," in t for t in titles) and any('"' in t for t in titles)
+    assert any("\n" in t for t in titles) and any(not t.isascii() for t in titles)
+
+    resent = {**events[0], "event_id": "resent-later", "device_type": "watch"}
+    late = write_local(root / "late", emulator_files([resent], files=1))
+    for path in late:  # written after every other file: its copy wins
+        os.utime(path, (path.stat().st_mtime + 60, path.stat().st_mtime + 60))
+
+    target = Target(spark, tmp_path / "tables")
+    result = target.load(str(root), synced_at=SYNCED_1)
+    assert (result.files_loaded, result.files_rejected) == (len(written) + len(late), [])
+    schema = EMAIL_EVENTS.schema
+    schema.fields = [f for f in schema.fields if f.name != SYNCED_AT]
+    want = spark.createDataFrame(expected.email_events([*events, resent], SOURCE, ACCOUNT), schema)
+    assert_same(target.rows().drop(SYNCED_AT), want)

@@ -124,6 +124,13 @@ def test_profiles(spark: SparkSession) -> None:
         {"email": "noid@example.com"},  # no id: quarantined
         {"id": "2695-bbbbbb-000004", "properties": "not an object"},  # wrong shape
         {**ZOE, "email": "zoe.new@example.com"},  # fetched later: wins over the first
+        {  # ids and codes that arrive as JSON numbers keep their text
+            "id": "2695-cccccc-000003",
+            "customer_id": 40021,
+            "properties": {"zip": 10115, "city": "Berlin", "shopify_tags": ["a", "b"]},
+            "dates": {"account_created": "2020-02-29T23:59:59.5+01:00"},
+            "seen": "TRUE",
+        },
     ]
     raw = raw_records(spark, PROFILES, records).withColumn(
         REQUEST_UPDATE_SINCE, F.lit("2026-11-01T09:00:00")
@@ -132,6 +139,7 @@ def test_profiles(spark: SparkSession) -> None:
 
     zoe_key = md5(SOURCE, "2695-c473e2-4aaf58")
     taro_key = md5(SOURCE, "2695-aaaaaa-000002")
+    berlin_key = md5(SOURCE, "2695-cccccc-000003")
     assert zoe_key == hashlib.md5(b"ometria-src-12695-c473e2-4aaf58").hexdigest()
     want = expected(
         spark,
@@ -151,6 +159,13 @@ def test_profiles(spark: SparkSession) -> None:
                 None, None, None, None, None, None, False, None, None, None, None, None,
                 None, None, ts(2026, 11, 1, 9, 0, 0), None, None,
                 ACCOUNT, SOURCE, taro_key, SYNCED,
+            ),
+            (
+                "2695-cccccc-000003", None, None, "40021", None, None, None, None, None, None,
+                None, None, True, None, None, "10115", "Berlin", None, None, None, '["a","b"]',
+                datetime(2020, 2, 29, 22, 59, 59, 500000, tzinfo=UTC),
+                ts(2026, 11, 1, 9, 0, 0), None, None,
+                ACCOUNT, SOURCE, berlin_key, SYNCED,
             ),
         ],
     )  # fmt: skip
