@@ -6,12 +6,14 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import boto3
 import pytest
+from moto.server import ThreadedMotoServer
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ometria_spark.readers import RAW_COLUMN, parse_records
-from ometria_spark.spark import get_spark
+from ometria_spark.spark import get_spark, s3a_options
 from ometria_spark.tables import TableSpec
 from ometria_spark.transforms import ORDER_COLUMN
 
@@ -44,3 +46,43 @@ def raw_records(spark: SparkSession, spec: TableSpec, records: list[Any]) -> Dat
         [(t, i) for i, t in enumerate(texts)], f"{RAW_COLUMN} string, pos long"
     ).select(RAW_COLUMN, F.struct(F.col("pos")).alias(ORDER_COLUMN))
     return parse_records(df, spec)
+
+
+BUCKET = "ometria-exports"
+PREFIX = "email_events"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+# The JVM's environment was fixed when Spark started, so its AWS SDK gets the test
+# credentials through the system properties that its default provider chain reads first.
+JVM_PROPERTIES = {"aws.accessKeyId": "testing", "aws.secretAccessKey": "testing"}
+
+
+@pytest.fixture
+def s3_endpoint(spark: SparkSession, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A moto S3 server with an empty bucket, and Spark pointed at it (undone afterwards)."""
+    for key, value in {**CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=BUCKET)
+
+    # No cached S3A FileSystem may outlive this server (its endpoint would be stale).
+    confs = {**s3a_options(endpoint), "fs.s3a.impl.disable.cache": "true"}
+    system = spark._jvm.java.lang.System  # type: ignore[union-attr]
+    previous = {key: system.getProperty(key) for key in JVM_PROPERTIES}
+    for key, value in JVM_PROPERTIES.items():
+        system.setProperty(key, value)
+    for key, value in confs.items():
+        spark.conf.set(key, value)
+    try:
+        yield endpoint
+    finally:
+        for key in confs:
+            spark.conf.unset(key)
+        for key, value in previous.items():
+            if value is None:
+                system.clearProperty(key)
+            else:
+                system.setProperty(key, value)
+        server.stop()

@@ -6,16 +6,13 @@ options set as runtime confs, which are all unset again afterwards.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
-import pytest
-from moto.server import ThreadedMotoServer
 from pyspark.sql import SparkSession
 
 from ometria_spark.exports import EmailEventsResult, discover
-from ometria_spark.spark import s3a_options
+from tests.conftest import BUCKET, PREFIX
 from tests.test_exports import (
     SYNCED_1,
     Target,
@@ -25,45 +22,6 @@ from tests.test_exports import (
     rows_after_a_and_b,
     write,
 )
-
-BUCKET = "ometria-exports"
-PREFIX = "email_events"
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-# The JVM's environment was fixed when Spark started, so its AWS SDK gets the test
-# credentials through the system properties that its default provider chain reads first.
-JVM_PROPERTIES = {"aws.accessKeyId": "testing", "aws.secretAccessKey": "testing"}
-
-
-@pytest.fixture
-def s3_endpoint(spark: SparkSession, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A moto S3 server with an empty bucket, and Spark pointed at it (undone afterwards)."""
-    for key, value in {**CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=BUCKET)
-
-    # No cached S3A FileSystem may outlive this server (its endpoint would be stale).
-    confs = {**s3a_options(endpoint), "fs.s3a.impl.disable.cache": "true"}
-    system = spark._jvm.java.lang.System  # type: ignore[union-attr]
-    previous = {key: system.getProperty(key) for key in JVM_PROPERTIES}
-    for key, value in JVM_PROPERTIES.items():
-        system.setProperty(key, value)
-    for key, value in confs.items():
-        spark.conf.set(key, value)
-    try:
-        yield endpoint
-    finally:
-        for key in confs:
-            spark.conf.unset(key)
-        for key, value in previous.items():
-            if value is None:
-                system.clearProperty(key)
-            else:
-                system.setProperty(key, value)
-        server.stop()
 
 
 def test_s3a_load_equals_local_load(spark: SparkSession, s3_endpoint: str, tmp_path: Path) -> None:

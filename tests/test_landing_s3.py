@@ -1,0 +1,43 @@
+"""API pages landed in S3 (boto3) and read back by Spark through s3a, end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import boto3
+import pytest
+from pyspark.sql import SparkSession
+
+from ometria_spark.config import config_from_dict
+from ometria_spark.emulator.dataset import Dataset
+from ometria_spark.emulator.server import EmulatorServer
+from ometria_spark.sync import run
+from tests.conftest import BUCKET
+from tests.test_sync import ACCOUNT, KEY, SOURCE, assert_tables_match
+
+
+def test_sync_with_the_landing_zone_in_s3(
+    spark: SparkSession, s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMETRIA_TEST_KEY", KEY)
+    with EmulatorServer(Dataset.generate(seed=9, profiles=250, lists=1), api_key=KEY) as server:
+        config = config_from_dict(
+            {
+                "account_id": ACCOUNT,
+                "source_id": SOURCE,
+                "api": {"base_url": server.url, "key_env": "OMETRIA_TEST_KEY", "page_size": 100,
+                        "requests_per_second": 200},
+                "exports": {"s3_endpoint": s3_endpoint},
+                "storage": {"raw_path": f"s3a://{BUCKET}/raw", "tables_path": str(tmp_path)},
+                "sync": {"streams": ["lists", "profiles"], "start_date": "2025-06-01"},
+            }
+        )  # fmt: skip
+        report = run(spark, config)
+        assert report.ok, report.streams
+        assert_tables_match(spark, config, server.dataset, ("lists", "profiles"))
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="raw/")["Contents"]]
+    profile_pages = [k for k in keys if k.startswith("raw/profiles/") and k.endswith(".json")]
+    assert len([k for k in profile_pages if "/r0000-o" in k]) == 3  # 250 profiles, pages of 100
+    assert any(k.endswith("/_merged") for k in keys if k.startswith("raw/profiles/"))
