@@ -11,7 +11,7 @@ setup: $(STAMP) jars
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[local,dev]'
 	touch $(STAMP)
 
 # Delta's and hadoop-aws's JVM jars into the local Maven repository (~/.m2), fetched

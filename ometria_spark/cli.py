@@ -75,6 +75,12 @@ def summary(records: list[RunRecord]) -> str:
     return "\n".join(lines)
 
 
+def entry() -> None:
+    """Console script: exit with ``main``'s status (a wheel task runner may ignore a
+    returned value, never a SystemExit)."""
+    raise SystemExit(main())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(

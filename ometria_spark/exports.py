@@ -313,12 +313,19 @@ def _read_csv_group(spark: SparkSession, paths: list[str], header: Sequence[str]
         .load(paths)
         .select(
             *columns,
-            F.col(CORRUPT_COLUMN),
-            F.col("_metadata.file_path").alias(_FILE_URI),
-            F.unix_millis(F.col("_metadata.file_modification_time")).alias(_FILE_MS),
-            F.monotonically_increasing_id().alias(_POSITION),
+            *_row_origin(),
         )
     )
+
+
+def _row_origin() -> list[Column]:
+    """The corrupt-record text and where each row came from: file, its time, position."""
+    return [
+        F.col(CORRUPT_COLUMN),
+        F.col("_metadata.file_path").alias(_FILE_URI),
+        F.unix_millis(F.col("_metadata.file_modification_time")).alias(_FILE_MS),
+        F.monotonically_increasing_id().alias(_POSITION),
+    ]
 
 
 def _read_json(spark: SparkSession, paths: list[str]) -> DataFrame:
@@ -327,10 +334,7 @@ def _read_json(spark: SparkSession, paths: list[str]) -> DataFrame:
         .load(paths)
         .select(
             *[F.col(name) for name in RAW_FIELDS],
-            F.col(CORRUPT_COLUMN),
-            F.col("_metadata.file_path").alias(_FILE_URI),
-            F.unix_millis(F.col("_metadata.file_modification_time")).alias(_FILE_MS),
-            F.monotonically_increasing_id().alias(_POSITION),
+            *_row_origin(),
         )
     )
 
