@@ -123,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"run {report.run_id}")
     print(summary(report.streams))
     failed = [r for r in report.streams if r.status != "succeeded"]
+    if failed and all(r.status == "refused" for r in failed):
+        print(f"ometria-sync: refused to run: {failed[0].error}", file=sys.stderr)
+        return 1
     if failed:
         print(
             f"ometria-sync: {len(failed)} stream(s) failed: "

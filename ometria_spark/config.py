@@ -60,6 +60,7 @@ class SyncConfig:
     start_date: str = "2015-01-01"
     lookback_minutes: int = 60
     unsubscribes_window_days: int = 30
+    lock_timeout_minutes: int = 360
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,8 @@ def _check_values(config: Config) -> None:
         raise ConfigError("api.max_attempts: must be >= 1")
     if config.sync.lookback_minutes < 0:
         raise ConfigError("sync.lookback_minutes: must be >= 0")
+    if config.sync.lock_timeout_minutes < 1:
+        raise ConfigError("sync.lock_timeout_minutes: must be >= 1")
     if config.sync.unsubscribes_window_days < 1:
         raise ConfigError("sync.unsubscribes_window_days: must be >= 1")
     if "email_events" in config.sync.streams and not config.exports.email_events_path:

@@ -25,7 +25,7 @@ from ometria_spark.extract import API_STREAMS, land, make_plan
 from ometria_spark.landing import Landing, Plan, storage_for
 from ometria_spark.readers import RAW_COLUMN, SOURCE_FILE, bad_pages, page_records, read_pages
 from ometria_spark.spark import on_databricks, s3a_options
-from ometria_spark.state import RunRecord, StateStore, table_ref
+from ometria_spark.state import RunRecord, StateStore, SyncLockedError, table_ref
 from ometria_spark.tables import TABLES
 from ometria_spark.transforms import (
     BAD_VALUES_COLUMN,
@@ -105,13 +105,44 @@ def run(
     now: datetime | None = None,
     on_page: Callable[[str, int, int], None] | None = None,
 ) -> RunReport:
-    """Sync the configured (or given) streams; never raises for a failed stream."""
+    """Sync the configured (or given) streams; never raises for a failed stream.
+
+    One sync of the same tables at a time: a run that finds the lock held by a live run
+    does nothing and reports every stream ``refused``.
+    """
     started = now or datetime.now(UTC)
     report = RunReport(new_run_id(started))
     selected = [s for s in STREAM_ORDER if s in (streams or config.sync.streams)]
     for key, value in s3a_options(config.exports.s3_endpoint, config.exports.s3_region).items():
         spark.conf.set(key, value)
     state = StateStore(spark, config)
+    try:
+        state.acquire_lock(report.run_id, config.sync.lock_timeout_minutes)
+    except SyncLockedError as exc:
+        log.error("%s", exc)
+        for stream in selected:
+            now_utc = datetime.now(UTC)
+            report.streams.append(
+                RunRecord(report.run_id, stream, now_utc, now_utc, "refused", error=str(exc))
+            )
+        return report
+    try:
+        _run_streams(spark, config, state, report, selected, full_refresh, started, on_page)
+    finally:
+        state.release_lock(report.run_id)
+    return report
+
+
+def _run_streams(
+    spark: SparkSession,
+    config: Config,
+    state: StateStore,
+    report: RunReport,
+    selected: list[str],
+    full_refresh: bool,
+    started: datetime,
+    on_page: Callable[[str, int, int], None] | None,
+) -> None:
     landing = Landing(
         config.storage.raw_path,
         storage_for(config.storage.raw_path, config.exports.s3_endpoint, config.exports.s3_region),
@@ -168,7 +199,6 @@ def run(
                 log.error("could not record the run of %s: %s", stream, _one_line(exc, api_key))
     if client is not None:
         client.close()
-    return report
 
 
 def _one_line(exc: BaseException, secret: str) -> str:

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from functools import reduce
 
-from delta.exceptions import ConcurrentAppendException, ConcurrentTransactionException
+from delta.exceptions import DeltaConcurrentModificationException
 from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -17,6 +17,24 @@ from ometria_spark.tables import KEY_COLUMN, SYNCED_AT, TableSpec
 from ometria_spark.transforms import finalize, latest_per_key, validate_columns
 
 log = logging.getLogger(__name__)
+
+
+# Delta's optimistic-concurrency conflicts, by Java class name: depending on the call path
+# PySpark hands them over converted or as a raw Py4JJavaError.
+_CONFLICTS = (
+    "io.delta.exceptions.Concurrent",
+    "io.delta.exceptions.DeltaConcurrentModificationException",
+    "io.delta.exceptions.MetadataChangedException",
+    "io.delta.exceptions.ProtocolChangedException",
+)
+
+
+def is_write_conflict(exc: BaseException) -> bool:
+    """True when a Delta commit lost a race with another writer (safe to retry)."""
+    if isinstance(exc, DeltaConcurrentModificationException):
+        return True
+    java = getattr(exc, "java_exception", None)
+    return java is not None and str(java.toString()).startswith(_CONFLICTS)
 
 
 @dataclass(frozen=True)
@@ -133,8 +151,8 @@ def merge_into(
                 .execute()
             )
             return _metrics(result)
-        except (ConcurrentAppendException, ConcurrentTransactionException) as exc:
-            if attempt == attempts:
+        except Exception as exc:
+            if attempt == attempts or not is_write_conflict(exc):
                 raise
             log.warning("%s: concurrent write (%s); retrying MERGE", spec.name, type(exc).__name__)
             time.sleep(attempt)

@@ -48,13 +48,14 @@ def write_config(tmp_path: Path, server: EmulatorServer) -> Path:
 
 
 def sync(
-    config: Path, *, key: str = KEY, crash_at: str | None = None
+    config: Path, *, key: str = KEY, crash_at: str | None = None, tz: str = "UTC"
 ) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "OMETRIA_TEST_KEY": key,
         "OMETRIA_SPARK_MASTER": "local[2]",
         "JAVA_TOOL_OPTIONS": FAST_JVM,
+        "TZ": tz,  # the machine's zone must not leak into timestamps or cursors
     }
     env.pop("OMETRIA_SPARK_CRASH_AT", None)
     if crash_at:
@@ -84,8 +85,9 @@ def test_crashes_lose_nothing_and_rerun_completes(
     assert len(list(profile_pulls[0].glob("r0000-o*.json"))) == 5  # 450 profiles, pages of 100
     assert not (profile_pulls[0] / "_merged").exists()
 
-    # The rerun merges the landed pull first, then syncs on; the summary is printed.
-    rerun = sync(config_path)
+    # The rerun merges the landed pull first, then syncs on; the summary is printed. It runs
+    # in another time zone: the rows and cursors it writes must not change.
+    rerun = sync(config_path, tz="America/Los_Angeles")
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "stream" in rerun.stdout and "succeeded" in rerun.stdout
     for stream in STREAMS:
