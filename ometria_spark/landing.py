@@ -31,7 +31,6 @@ MERGED_MARKER = "_merged"
 class Storage(Protocol):
     def write_text(self, path: str, text: str) -> None: ...
     def read_text(self, path: str) -> str: ...
-    def exists(self, path: str) -> bool: ...
     def list_names(self, folder: str) -> list[str]: ...
     def spark_path(self, path: str) -> str: ...
 
@@ -53,9 +52,6 @@ class LocalStorage:
 
     def read_text(self, path: str) -> str:
         return Path(path).read_text(encoding="utf-8")
-
-    def exists(self, path: str) -> bool:
-        return Path(path).exists()
 
     def list_names(self, folder: str) -> list[str]:
         base = Path(folder)
@@ -90,11 +86,6 @@ class S3Storage:
         bucket, key = self._split(path)
         body = self._client.get_object(Bucket=bucket, Key=key)["Body"].read()
         return str(body.decode("utf-8"))
-
-    def exists(self, path: str) -> bool:
-        bucket, key = self._split(path)
-        found = self._client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
-        return any(o["Key"] == key for o in found.get("Contents", []))
 
     def list_names(self, folder: str) -> list[str]:
         bucket, key = self._split(folder.rstrip("/") + "/")
@@ -143,8 +134,6 @@ class Plan:
     run_id: str
     page_size: int
     requests: tuple[Request, ...]
-    # Cursor values fixed when the plan is made (unsubscribes: the end of the last window).
-    cursors: dict[str, str] = field(default_factory=dict)
     cursor_before: str | None = None
 
     def to_json(self) -> str:

@@ -167,9 +167,6 @@ class StateStore:
                     self._cursors.setdefault(row["stream"], {})[row["scope"]] = row["cursor"]
         return dict(self._cursors.get(stream, {}))
 
-    def cursor(self, stream: str, scope: str = "") -> str | None:
-        return self.cursors(stream).get(scope)
-
     def set_cursors(self, stream: str, cursors: dict[str, str], run_id: str) -> None:
         """Upsert cursors of a stream in one Delta commit."""
         if not cursors:
@@ -265,11 +262,6 @@ class StateStore:
             writer.save(self.runs_ref.location)
         else:
             writer.saveAsTable(self.runs_ref.location)
-
-    def runs(self) -> DataFrame:
-        """All recorded runs (``_sync_runs``)."""
-        self._table(self.runs_ref, RUNS_SCHEMA)
-        return open_table(self.spark, self.runs_ref).toDF()
 
     # --- quarantine ------------------------------------------------------------------
 

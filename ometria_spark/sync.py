@@ -275,7 +275,7 @@ def merge_pull(
     spec = TABLES[plan.stream]
     paths = landing.page_paths(plan)
     counts = MergeCounts(pages=len(paths))
-    new_cursors: dict[str, str] = dict(plan.cursors)
+    new_cursors: dict[str, str] = {}
     if paths:
         pages = read_pages(spark, paths).cache()
         records = page_records(pages, spec).transform(with_problems(spec)).cache()
