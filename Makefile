@@ -34,6 +34,7 @@ bench: setup
 	$(PY) bench/extract_rate.py
 	$(PY) bench/extract_rate.py --profiles 25000
 	$(PY) bench/email_events.py
+	$(PY) bench/small_run.py
 
 clean:
 	rm -rf $(VENV) warehouse demo-data spark-warehouse metastore_db derby.log
