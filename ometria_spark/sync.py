@@ -35,7 +35,7 @@ from ometria_spark.transforms import (
     to_target,
     with_problems,
 )
-from ometria_spark.writer import merge_into
+from ometria_spark.writer import ensure_table, merge_into
 
 log = logging.getLogger(__name__)
 
@@ -292,19 +292,22 @@ def merge_pull(
                 bad.select(SOURCE_FILE, PROBLEM_COLUMN, RAW_COLUMN)
             )
             counts.quarantined = state.quarantine(rejected, stream=plan.stream, run_id=plan.run_id)
-        prepared = good.transform(
-            to_target(
-                spec,
-                source_id=config.source_id,
-                account_id=config.account_id,
-                synced_at=datetime.now(UTC),
+        if counts.records_read > int(totals["bad"]):
+            prepared = good.transform(
+                to_target(
+                    spec,
+                    source_id=config.source_id,
+                    account_id=config.account_id,
+                    synced_at=datetime.now(UTC),
+                )
             )
-        )
-        metrics = merge_into(spark, prepared, spec, table_ref(config, spec.name))
-        counts.inserted, counts.updated = metrics.inserted, metrics.updated
-        summary = observed(plan.stream, good, prepared)
-        counts.bad_values = summary.bad_values
-        new_cursors.update(summary.cursors)
+            metrics = merge_into(spark, prepared, spec, table_ref(config, spec.name))
+            counts.inserted, counts.updated = metrics.inserted, metrics.updated
+            summary = observed(plan.stream, good, prepared)
+            counts.bad_values = summary.bad_values
+            new_cursors.update(summary.cursors)
+        else:  # nothing to merge (the hourly case): skip the MERGE, but the table exists
+            ensure_table(spark, spec, table_ref(config, spec.name))
         records.unpersist()
         pages.unpersist()
     crash_point(f"merged:{plan.stream}")
