@@ -30,11 +30,20 @@ test: setup lint
 demo: setup
 	$(PY) -m ometria_spark.demo
 
-bench: setup
-	$(PY) bench/extract_rate.py
-	$(PY) bench/extract_rate.py --profiles 25000
-	$(PY) bench/email_events.py
+BENCH_STAMP := $(VENV)/.installed-bench
+
+# The benchmark-only extra (dlt, the peer; pyinstrument), kept out of `make test`.
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[local,dev,bench]'
+	touch $(BENCH_STAMP)
+
+# Each script prints a table and appends it to bench/results.md.
+bench: setup $(BENCH_STAMP)
+	$(PY) bench/extract_rate.py --profiles 2500 --profiles 25000 --all-streams
+	$(PY) bench/load_profiles.py
 	$(PY) bench/small_run.py
+	$(PY) bench/peer_dlt.py
+	$(PY) bench/email_events.py
 
 clean:
 	rm -rf $(VENV) warehouse demo-data spark-warehouse metastore_db derby.log

@@ -1,17 +1,31 @@
 """Benchmark: how close a full profile pull gets to Ometria's per-account rate limit.
 
 Starts the bundled emulator limited to N requests/s (429 above that), pulls every profile
-through a client throttled at the same rate, and prints one row per data-set size.
-Not a test: run it by hand, ``.venv/bin/python bench/extract_rate.py [--profiles 25000]``.
+through a client throttled at the same rate, and prints one row per data-set size. With
+``--all-streams`` it also runs the whole job (a subprocess) on a first sync of the four API
+streams, which share the one budget while Spark merges each stream as its pages land.
+Not a test: ``.venv/bin/python bench/extract_rate.py [--profiles 25000] [--all-streams]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import tempfile
 import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from ometria_spark.client import OmetriaClient, Throttle
 from ometria_spark.emulator import Dataset, EmulatorServer
+from ometria_spark.emulator.server import RequestRecord
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import KEY_ENV, job, timed, write_config
+from record import append
+
+API_STREAMS = ["lists", "profiles", "member_lists", "unsubscribes"]
 
 
 def pull_profiles(profiles: int, rps: float, page_size: int) -> dict[str, float]:
@@ -32,20 +46,36 @@ def pull_profiles(profiles: int, rps: float, page_size: int) -> dict[str, float]
         log = server.request_log
     if records != profiles:
         raise SystemExit(f"pulled {records} profiles, expected {profiles}")
-    requests = len(log)
+    return {"profiles": records, "pages": pages, "seconds": seconds, **rate_of(log, rps)}
+
+
+def rate_of(log: list[RequestRecord], rps: float) -> dict[str, float]:
+    """Requests, 429s, and the achieved rate over the limit, from the server's log."""
     # N requests spaced 1/rps apart span N-1 intervals: the achieved rate is measured
     # between the first and last arrival, so a perfect client scores exactly 1.0.
-    span = log[-1].time - log[0].time
-    rate = (requests - 1) / span if span > 0 else float("nan")
+    span = log[-1].time - log[0].time if log else 0.0
+    rate = (len(log) - 1) / span if span > 0 else float("nan")
     return {
-        "profiles": records,
-        "pages": pages,
-        "requests": requests,
+        "requests": len(log),
         "throttled": sum(1 for r in log if r.status == 429),
-        "seconds": seconds,
         "rate": rate,
         "ratio": rate / rps,
     }
+
+
+def sync_all_streams(profiles: int, rps: float) -> dict[str, float]:
+    """A first sync of the four API streams by the job itself; rate from the server's log."""
+    key = "bench-key-extract-rate"
+    dataset = Dataset.generate(profiles=profiles, start=datetime.now(UTC) - timedelta(hours=1))
+    with (
+        tempfile.TemporaryDirectory(prefix="ometria-extract-rate-") as work,
+        EmulatorServer(dataset, requests_per_second=rps, api_key=key) as server,
+    ):
+        config = write_config(Path(work), server.url, streams=API_STREAMS, rps=rps)
+        seconds = timed(job(config), {**os.environ, KEY_ENV: key})
+        log = server.request_log
+    pages = sum(1 for r in log if r.status == 200)
+    return {"profiles": profiles, "pages": pages, "seconds": seconds, **rate_of(log, rps)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,20 +86,32 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--rps", type=float, default=4.0, help="rate limit, requests/s")
     parser.add_argument("--page-size", type=int, default=250)
+    parser.add_argument(
+        "--all-streams", action="store_true", help="also time a whole first sync of 4 streams"
+    )
     args = parser.parse_args(argv)
     sizes = args.profiles or [2500]
-    header = (
-        f"{'profiles':>9} {'pages':>6} {'requests':>8} {'429s':>5} {'seconds':>8} "
-        f"{'req/s':>6} {'ratio':>6}"
-    )
-    print(f"limit {args.rps:g} requests/s, page size {args.page_size}")
-    print(header)
-    for size in sizes:
-        row = pull_profiles(size, args.rps, args.page_size)
-        print(
-            f"{row['profiles']:>9} {row['pages']:>6} {row['requests']:>8} {row['throttled']:>5} "
-            f"{row['seconds']:>8.2f} {row['rate']:>6.2f} {row['ratio']:>6.3f}"
+    lines = [
+        f"limit {args.rps:g} requests/s, page size {args.page_size}",
+        f"{'pull':<22} {'profiles':>9} {'pages':>6} {'requests':>8} {'429s':>5} "
+        f"{'seconds':>8} {'req/s':>6} {'ratio':>6}",
+    ]
+    print("\n".join(lines))
+    runs = [("profiles (client)", size) for size in sizes]
+    if args.all_streams:
+        runs += [("4 API streams (job)", size) for size in sizes]
+    for name, size in runs:
+        if name.startswith("profiles"):
+            row = pull_profiles(size, args.rps, args.page_size)
+        else:
+            row = sync_all_streams(size, args.rps)
+        lines.append(
+            f"{name:<22} {row['profiles']:>9} {row['pages']:>6} {row['requests']:>8} "
+            f"{row['throttled']:>5} {row['seconds']:>8.2f} {row['rate']:>6.2f} "
+            f"{row['ratio']:>6.3f}"
         )
+        print(lines[-1])
+    append("Extraction efficiency (bench/extract_rate.py)", lines)
 
 
 if __name__ == "__main__":

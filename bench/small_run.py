@@ -12,29 +12,20 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-import yaml
 
 from ometria_spark.emulator import Dataset, EmulatorServer
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import KEY_ENV, job, timed, write_config
+from record import append
+
 KEY = "bench-key-small-run"
-SESSION_ONLY = "from ometria_spark.spark import get_spark; get_spark().stop()"
-
-
-def timed(cmd: list[str], env: dict[str, str]) -> float:
-    """Wall seconds of one process; fails loudly if it does not exit 0."""
-    started = time.monotonic()
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    seconds = time.monotonic() - started
-    if result.returncode != 0:
-        raise SystemExit(f"{cmd[1:3]} exited {result.returncode}:\n{result.stderr[-3000:]}")
-    return seconds
+# The same session the job builds for local paths (Delta's jars, not hadoop-aws's).
+SESSION_ONLY = "from ometria_spark.spark import get_spark; get_spark(s3a=False).stop()"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,43 +33,43 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3, help="timed no-change runs")
     parser.add_argument("--profiles", type=int, default=2500)
+    parser.add_argument("--rps", type=float, default=4.0, help="the emulator's rate limit")
     parser.add_argument(
         "--streams", default="lists,profiles,member_lists,unsubscribes", help="API streams"
     )
     args = parser.parse_args(argv)
-    env = {**os.environ, "OMETRIA_BENCH_KEY": KEY}
+    env = {**os.environ, KEY_ENV: KEY}
     with (
         tempfile.TemporaryDirectory(prefix="ometria-small-run-") as work,
-        EmulatorServer(Dataset.generate(profiles=args.profiles), api_key=KEY) as server,
+        EmulatorServer(
+            # An account whose data runs up to now, as in the hourly case (one unsubscribe
+            # window, not one per month since the emulator's default start date).
+            Dataset.generate(profiles=args.profiles, start=datetime.now(UTC) - timedelta(hours=1)),
+            requests_per_second=args.rps,
+            api_key=KEY,
+        ) as server,
     ):
-        config = Path(work) / "bench.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "account_id": "bench",
-                    "source_id": "bench",
-                    "api": {"base_url": server.url, "key_env": "OMETRIA_BENCH_KEY"},
-                    "storage": {"raw_path": f"{work}/raw", "tables_path": f"{work}/tables"},
-                    "sync": {"streams": args.streams.split(","), "start_date": "2025-06-01"},
-                }
-            ),
-            encoding="utf-8",
-        )
-        job = [sys.executable, str(ROOT / "jobs" / "ometria_sync.py"), "--config", str(config)]
-        first = timed(job, env)
+        config = write_config(Path(work), server.url, streams=args.streams.split(","), rps=args.rps)
+        first = timed(job(config), env)
         session = [timed([sys.executable, "-c", SESSION_ONLY], env) for _ in range(args.runs)]
         server.reset_log()
-        idle = [timed(job, env) for _ in range(args.runs)]
+        idle = [timed(job(config), env) for _ in range(args.runs)]
         requests = len(server.request_log) / args.runs
 
     idle_median, session_median = statistics.median(idle), statistics.median(session)
-    print(f"streams: {args.streams}; {args.profiles} profiles; medians of {args.runs} runs")
-    print(f"{'phase':<34} {'seconds':>8}")
-    print(f"{'first (full) sync, whole process':<34} {first:>8.1f}")
-    print(f"{'no-change sync, whole process':<34} {idle_median:>8.1f}")
-    print(f"{'  of which JVM + session start':<34} {session_median:>8.1f}")
-    print(f"{'  of which the sync itself':<34} {idle_median - session_median:>8.1f}")
-    print(f"API requests per no-change run: {requests:.0f}")
+    lines = [
+        f"streams: {args.streams}; {args.profiles} profiles; limit {args.rps:g} requests/s; "
+        f"medians of {args.runs} runs",
+        f"{'phase':<34} {'seconds':>8}",
+        f"{'first (full) sync, whole process':<34} {first:>8.1f}",
+        f"{'no-change sync, whole process':<34} {idle_median:>8.1f}",
+        f"{'  of which JVM + session start':<34} {session_median:>8.1f}",
+        f"{'  of which the sync itself':<34} {idle_median - session_median:>8.1f}",
+        f"API requests per no-change run: {requests:.0f}",
+        f"no-change runs: {', '.join(f'{s:.1f}' for s in idle)} s",
+    ]
+    print("\n".join(lines))
+    append("Small run: an hourly sync with nothing new (bench/small_run.py)", lines)
 
 
 if __name__ == "__main__":

@@ -109,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         spark = get_spark(
-            hadoop_conf=s3a_options(config.exports.s3_endpoint, config.exports.s3_region)
+            hadoop_conf=s3a_options(config.exports.s3_endpoint, config.exports.s3_region),
+            s3a=config.uses_s3a(),
         )
     except RuntimeError as exc:  # no Delta in a reused session, jars not fetched
         print(f"ometria-sync: {exc}", file=sys.stderr)

@@ -78,6 +78,13 @@ class Config:
             return f"{self.storage.tables_path.rstrip('/')}/{table}"
         return self.table_name(table)
 
+    def uses_s3a(self) -> bool:
+        """True when a configured path is on S3 (the session then needs hadoop-aws)."""
+        paths = [self.storage.raw_path, self.storage.tables_path]
+        if "email_events" in self.sync.streams:
+            paths.append(self.exports.email_events_path)
+        return any(p and p.startswith(("s3a://", "s3://")) for p in paths)
+
     def table_name(self, table: str) -> str:
         """The catalog name of a table: ``[catalog.]schema.table``."""
         parts = [self.storage.catalog, self.storage.schema, table]

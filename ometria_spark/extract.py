@@ -7,12 +7,14 @@ after its last landed page.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 from ometria_spark.client import NotFoundError, OmetriaClient, Page
-from ometria_spark.landing import Landing, Plan, Request
+from ometria_spark.landing import MAX_DIGESTS, Landing, Plan, Request
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +137,15 @@ def land(
     *,
     on_page: ProgressCallback | None = None,
 ) -> int:
-    """Fetch every request of the plan not yet landed; return the pages fetched now."""
+    """Fetch every request of the plan not yet landed; return the pages fetched now.
+
+    A pull landed whole by this call, of at most ``MAX_DIGESTS`` records, also saves the
+    digest of each record (see ``landing``).
+    """
     done, landed = landing.progress(plan)
     fetched = 0
     records = 0
+    digests: list[str] | None = [] if not done and not landed else None
     for index, request in enumerate(plan.requests):
         if index in done:
             continue
@@ -152,10 +159,23 @@ def land(
                 landing.write_page(plan, index, envelope(plan, request, page))
                 fetched += 1
                 records += len(page.records)
+                if digests is not None:
+                    digests.extend(record_digest(request, r) for r in page.records)
+                    if len(digests) > MAX_DIGESTS:
+                        digests = None
                 if on_page:
                     on_page(plan.stream, fetched, records)
         except NotFoundError:
             # A list deleted between planning and fetching: nothing to land for it.
             log.warning("%s: %s answered 404; skipping it", plan.stream, request.args)
         landing.mark_request_done(plan, index)
+    if digests is not None:
+        landing.save_digests(plan, digests)
     return fetched
+
+
+def record_digest(request: Request, record: object) -> str:
+    """The md5 of one record as the API sent it, with the list it belongs to if any."""
+    scope = request.args.get("list_id", "") if request.kind == "list_changes" else ""
+    text = json.dumps([scope, record], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()

@@ -59,9 +59,16 @@ def maven_repository() -> Path:
     return Path(configured) if configured else Path.home() / ".m2" / "repository"
 
 
-def jar_paths(repository: Path | None = None) -> list[Path]:
+# Delta's two jars; the others are only for s3a:// (the AWS SDK bundle alone is ~600 MB,
+# and putting it on a session that never touches S3 costs about a second at start-up).
+DELTA_ARTIFACTS = 2
+
+
+def jar_paths(repository: Path | None = None, *, s3a: bool = True) -> list[Path]:
+    """The jars a local session lists in ``spark.jars``; without ``s3a``, Delta's only."""
     repo = repository or maven_repository()
-    return [artifact.path(repo) for artifact in ARTIFACTS]
+    artifacts = ARTIFACTS if s3a else ARTIFACTS[:DELTA_ARTIFACTS]
+    return [artifact.path(repo) for artifact in artifacts]
 
 
 def missing_jars(repository: Path | None = None) -> list[Path]:

@@ -5,13 +5,21 @@ Layout under ``storage.raw_path``::
     {stream}/{run_id}/_plan.json            what this pull fetches (requests, page size)
     {stream}/{run_id}/r0000-o000000000.json one page: request index, offset
     {stream}/{run_id}/r0000.done            request 0 fully landed
+    {stream}/{run_id}/_digests.json         md5 of every record of a small pull (see below)
     {stream}/{run_id}/_merged               pages merged and the cursor committed
+    {stream}/{run_id}/_abandoned            set aside unmerged (planned from stale cursors)
+    {stream}/_last_merged.json              run id, digests and cursors of the newest merge
 
 A page file is written whole or not at all (local: write then rename; S3: one PUT), so a
 page that exists is complete. A pull whose ``_merged`` marker is missing is resumed by the
 next run: requests without ``.done`` continue from their last landed page, then everything
 is merged. Supports local paths, ``file:``, ``s3://``/``s3a://`` (boto3) and ``dbfs:/``
 (through the ``/dbfs`` mount on Databricks).
+
+Digests make the hourly case cheap: a pull of at most ``MAX_DIGESTS`` records, landed in
+one go, records the md5 of each record. When every record of a new pull is one the last
+merged pull already held (the lookback re-reads, nothing new), the pull has nothing to
+merge and the job skips its Spark work.
 """
 
 from __future__ import annotations
@@ -26,11 +34,17 @@ from urllib.parse import urlparse
 
 PLAN_FILE = "_plan.json"
 MERGED_MARKER = "_merged"
+ABANDONED_MARKER = "_abandoned"
+DIGESTS_FILE = "_digests.json"
+LAST_MERGED_FILE = "_last_merged.json"
+MAX_DIGESTS = 20_000
 
 
 class Storage(Protocol):
     def write_text(self, path: str, text: str) -> None: ...
     def read_text(self, path: str) -> str: ...
+    def create_exclusive(self, path: str, text: str) -> bool: ...
+    def delete(self, path: str) -> None: ...
     def list_names(self, folder: str) -> list[str]: ...
     def spark_path(self, path: str) -> str: ...
 
@@ -52,6 +66,21 @@ class LocalStorage:
 
     def read_text(self, path: str) -> str:
         return Path(path).read_text(encoding="utf-8")
+
+    def create_exclusive(self, path: str, text: str) -> bool:
+        """Create ``path`` with ``text`` unless it exists (atomic: ``O_EXCL``)."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        return True
+
+    def delete(self, path: str) -> None:
+        Path(path).unlink(missing_ok=True)
 
     def list_names(self, folder: str) -> list[str]:
         base = Path(folder)
@@ -86,6 +115,26 @@ class S3Storage:
         bucket, key = self._split(path)
         body = self._client.get_object(Bucket=bucket, Key=key)["Body"].read()
         return str(body.decode("utf-8"))
+
+    def create_exclusive(self, path: str, text: str) -> bool:
+        """Create ``path`` unless it exists (an S3 conditional write, ``If-None-Match: *``)."""
+        from botocore.exceptions import ClientError
+
+        bucket, key = self._split(path)
+        try:
+            self._client.put_object(
+                Bucket=bucket, Key=key, Body=text.encode("utf-8"), IfNoneMatch="*"
+            )
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
+
+    def delete(self, path: str) -> None:
+        bucket, key = self._split(path)
+        self._client.delete_object(Bucket=bucket, Key=key)
 
     def list_names(self, folder: str) -> list[str]:
         bucket, key = self._split(folder.rstrip("/") + "/")
@@ -169,9 +218,11 @@ class Landing:
         """Pulls of this stream that were started but never merged, oldest first."""
         plans = []
         for run_id in self.storage.list_names(f"{self.root}/{stream}"):
+            if run_id.startswith("_"):  # the stream's own files, not a pull
+                continue
             folder = self.folder(stream, run_id)
             names = self.storage.list_names(folder)
-            if PLAN_FILE in names and MERGED_MARKER not in names:
+            if PLAN_FILE in names and not {MERGED_MARKER, ABANDONED_MARKER} & set(names):
                 plans.append(Plan.from_json(self.storage.read_text(f"{folder}/{PLAN_FILE}")))
         return plans
 
@@ -187,8 +238,51 @@ class Landing:
             f"{self.folder(plan.stream, plan.run_id)}/r{request_index:04d}.done", ""
         )
 
-    def mark_merged(self, plan: Plan) -> None:
-        self.storage.write_text(f"{self.folder(plan.stream, plan.run_id)}/{MERGED_MARKER}", "")
+    def mark_merged(self, plan: Plan, cursors: dict[str, str]) -> None:
+        """Record the pull as merged: its digests become the stream's last merged ones, and
+        ``cursors`` (committed to ``_sync_state`` already) are noted beside them."""
+        folder = self.folder(plan.stream, plan.run_id)
+        digests = self.digests(plan)
+        last = {
+            "run_id": plan.run_id,
+            "cursors": cursors,
+            "digests": sorted(digests) if digests is not None else None,
+        }
+        self.storage.write_text(f"{self.root}/{plan.stream}/{LAST_MERGED_FILE}", json.dumps(last))
+        self.storage.write_text(f"{folder}/{MERGED_MARKER}", "")
+
+    def save_digests(self, plan: Plan, digests: list[str]) -> None:
+        self.storage.write_text(
+            f"{self.folder(plan.stream, plan.run_id)}/{DIGESTS_FILE}", json.dumps(sorted(digests))
+        )
+
+    def digests(self, plan: Plan) -> set[str] | None:
+        """The md5s of every record of the pull, if it recorded them (small, landed whole)."""
+        folder = self.folder(plan.stream, plan.run_id)
+        if DIGESTS_FILE not in self.storage.list_names(folder):
+            return None
+        return set(json.loads(self.storage.read_text(f"{folder}/{DIGESTS_FILE}")))
+
+    def _last_merged(self, stream: str) -> dict[str, Any] | None:
+        if LAST_MERGED_FILE not in self.storage.list_names(f"{self.root}/{stream}"):
+            return None
+        last = json.loads(self.storage.read_text(f"{self.root}/{stream}/{LAST_MERGED_FILE}"))
+        return last if isinstance(last, dict) else None
+
+    def last_merged_digests(self, stream: str) -> set[str] | None:
+        """The digests of the stream's newest merged pull, when it recorded them."""
+        last = self._last_merged(stream)
+        return set(last["digests"]) if last and last.get("digests") is not None else None
+
+    def last_merged_cursors(self, stream: str) -> dict[str, str] | None:
+        """The cursors committed when the stream's newest pull was merged (a copy of
+        ``_sync_state`` to start pulling before Spark has read it; checked against it)."""
+        last = self._last_merged(stream)
+        return dict(last["cursors"]) if last and last.get("cursors") is not None else None
+
+    def abandon(self, stream: str, run_id: str) -> None:
+        """Set a landed pull aside for good: never merged, never resumed."""
+        self.storage.write_text(f"{self.folder(stream, run_id)}/{ABANDONED_MARKER}", "")
 
     def progress(self, plan: Plan) -> tuple[set[int], dict[int, list[str]]]:
         """(indexes of finished requests, {request index: its landed page names})."""

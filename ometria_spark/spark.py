@@ -65,12 +65,14 @@ def get_spark(
     *,
     extra_conf: Mapping[str, str] | None = None,
     hadoop_conf: Mapping[str, str] | None = None,
+    s3a: bool = True,
 ) -> SparkSession:
     """Return the active session, the spark-submit/Databricks one, or a new local one.
 
     ``extra_conf`` only applies to a new local session (static settings such as memory);
     ``hadoop_conf`` (e.g. ``s3a_options``) is applied to any session as runtime SQL conf,
     which Spark copies into the Hadoop configuration of every file read and write.
+    ``s3a=False`` leaves hadoop-aws and the AWS SDK off a new local session (faster start).
     """
     spark = SparkSession.getActiveSession()
     if spark is None:
@@ -79,7 +81,7 @@ def get_spark(
             if launched_by_spark_submit() and not on_databricks():
                 spark.sparkContext.setLogLevel(os.environ.get("OMETRIA_SPARK_LOG_LEVEL", "WARN"))
         else:
-            spark = _local_session(app_name, extra_conf or {}, hadoop_conf or {})
+            spark = _local_session(app_name, extra_conf or {}, hadoop_conf or {}, s3a)
     spark.conf.set("spark.sql.session.timeZone", "UTC")
     for key, value in (hadoop_conf or {}).items():
         spark.conf.set(key, value)
@@ -88,7 +90,7 @@ def get_spark(
 
 
 def _local_session(
-    app_name: str, extra_conf: Mapping[str, str], hadoop_conf: Mapping[str, str]
+    app_name: str, extra_conf: Mapping[str, str], hadoop_conf: Mapping[str, str], s3a: bool
 ) -> SparkSession:
     jars.check_spark_version()
     missing = jars.missing_jars()
@@ -101,7 +103,7 @@ def _local_session(
         os.environ.get("OMETRIA_SPARK_MASTER", "local[*]")
     )
     conf = {**LOCAL_DEFAULTS, **{f"spark.hadoop.{k}": v for k, v in hadoop_conf.items()}}
-    conf["spark.jars"] = ",".join(str(p) for p in jars.jar_paths())
+    conf["spark.jars"] = ",".join(str(p) for p in jars.jar_paths(s3a=s3a))
     conf.update(extra_conf)
     for key, value in conf.items():
         builder = builder.config(key, value)

@@ -2,20 +2,19 @@
 
 - ``_sync_state``: one row per (stream, scope) with the cursor to resume from. Written only
   after the MERGE of the data it covers has committed.
-- ``_sync_runs``: one row per run and stream: what happened, with Delta's merge metrics.
+- ``_sync_runs``: one row per run and stream: what happened, with Delta's merge metrics,
+  appended in one commit when the run ends (a killed run leaves none).
 - ``_quarantine``: records and files that could not load, with the reason and raw text.
   Keyed by md5(stream, source file, reason, raw text), so a re-merge does not duplicate.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 
 from delta.tables import DeltaTable
-from pyspark.sql import DataFrame, Row, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
     LongType,
@@ -26,9 +25,12 @@ from pyspark.sql.types import (
 )
 
 from ometria_spark.config import Config
-from ometria_spark.writer import TableRef, create_if_absent, is_write_conflict, open_table
+from ometria_spark.writer import (
+    TableRef,
+    create_if_absent,
+    open_table,
+)
 
-LOCK_TABLE = "_sync_lock"
 STATE_TABLE = "_sync_state"
 RUNS_TABLE = "_sync_runs"
 QUARANTINE_TABLE = "_quarantine"
@@ -43,22 +45,6 @@ STATE_SCHEMA = StructType(
         StructField("updated_at", TimestampType()),
     ]
 )
-
-LOCK_SCHEMA = StructType(
-    [
-        StructField("lock_id", StringType()),
-        StructField("owner", StringType()),
-        StructField("host", StringType()),
-        StructField("pid", LongType()),
-        StructField("acquired_at", TimestampType()),
-        StructField("expires_at", TimestampType()),
-    ]
-)
-
-
-class SyncLockedError(RuntimeError):
-    """Another sync of the same tables is running (or died less than the timeout ago)."""
-
 
 QUARANTINE_SCHEMA = StructType(
     [
@@ -109,20 +95,6 @@ RUNS_SCHEMA = StructType(
 )
 
 
-def _stale(holder: Row) -> bool:
-    if holder["expired"]:
-        return True
-    if holder["host"] != socket.gethostname():
-        return False
-    try:
-        os.kill(int(holder["pid"]), 0)
-    except ProcessLookupError:
-        return True  # its process is gone: it crashed or was killed
-    except PermissionError:
-        return False  # alive, owned by another user
-    return False
-
-
 def table_ref(config: Config, table: str) -> TableRef:
     """Where one of the job's tables (data or state) lives for this config."""
     if config.storage.tables_path:
@@ -140,7 +112,6 @@ class StateStore:
         self.state_ref = table_ref(config, STATE_TABLE)
         self.runs_ref = table_ref(config, RUNS_TABLE)
         self.quarantine_ref = table_ref(config, QUARANTINE_TABLE)
-        self.lock_ref = table_ref(config, LOCK_TABLE)
         self._ready: set[str] = set()
         self._cursors: dict[str, dict[str, str]] | None = None
 
@@ -192,71 +163,17 @@ class StateStore:
         if self._cursors is not None:
             self._cursors.pop(stream, None)
 
-    # --- the run lock ---------------------------------------------------------------
-
-    def acquire_lock(self, run_id: str, timeout_minutes: int) -> None:
-        """Take the lock of these tables for ``run_id``, or raise ``SyncLockedError``.
-
-        The lock is one row in ``_sync_lock``. A holder is stale when its time is up, or
-        when it ran on this host and its process is gone (a crash). Two runs that both see
-        the lock free race through Delta's optimistic concurrency: one commit conflicts,
-        and that run is refused.
-        """
-        table = self._table(self.lock_ref, LOCK_SCHEMA)
-        holder = (
-            table.toDF()
-            .where(F.col("lock_id") == "sync")
-            .select("*", (F.col("expires_at") < F.current_timestamp()).alias("expired"))
-            .first()
-        )
-        if holder is not None and holder["owner"] != run_id and not _stale(holder):
-            raise SyncLockedError(
-                f"another sync holds the lock: run {holder['owner']} on {holder['host']} "
-                f"(pid {holder['pid']}) since {holder['acquired_at']:%Y-%m-%d %H:%M:%S} "
-                f"(session time); it expires after {timeout_minutes} min. If that run is "
-                f"dead, delete its row from {self.lock_ref.location} or wait"
-            )
-        mine = self.spark.createDataFrame(
-            [("sync", run_id, socket.gethostname(), os.getpid())],
-            "lock_id string, owner string, host string, pid long",
-        ).select(
-            "*",
-            F.current_timestamp().alias("acquired_at"),
-            (F.current_timestamp() + F.expr(f"INTERVAL {int(timeout_minutes)} MINUTES")).alias(
-                "expires_at"
-            ),
-        )
-        seen_owner = F.lit(holder["owner"] if holder is not None else None).cast("string")
-        try:
-            (
-                table.alias("t")
-                .merge(mine.alias("s"), "t.lock_id = s.lock_id")
-                .whenMatchedUpdateAll(condition=F.col("t.owner").eqNullSafe(seen_owner))
-                .whenNotMatchedInsertAll()
-                .execute()
-            )
-        except Exception as exc:
-            if not is_write_conflict(exc):
-                raise
-            raise SyncLockedError(
-                "another sync took the lock at the same moment; this run did nothing"
-            ) from exc
-        now_held = table.toDF().where(F.col("lock_id") == "sync").select("owner").first()
-        if now_held is None or now_held["owner"] != run_id:
-            raise SyncLockedError("another sync took the lock first; this run did nothing")
-
-    def release_lock(self, run_id: str) -> None:
-        """Give the lock back (only if this run still holds it)."""
-        table = self._table(self.lock_ref, LOCK_SCHEMA)
-        table.delete((F.col("lock_id") == "sync") & (F.col("owner") == run_id))
-
     # --- runs ------------------------------------------------------------------------
 
-    def record_run(self, record: RunRecord) -> None:
-        """Append the finished stream's record (one row per run and stream)."""
+    def record_runs(self, records: list[RunRecord]) -> None:
+        """Append the run's records (one row per stream) in one commit."""
+        if not records:
+            return
         self._table(self.runs_ref, RUNS_SCHEMA)
-        row = asdict(record)
-        df = self.spark.createDataFrame([tuple(row[f.name] for f in RUNS_SCHEMA)], RUNS_SCHEMA)
+        rows = [asdict(record) for record in records]
+        df = self.spark.createDataFrame(
+            [tuple(row[f.name] for f in RUNS_SCHEMA) for row in rows], RUNS_SCHEMA
+        )
         writer = df.write.format("delta").mode("append")
         if self.runs_ref.is_path:
             writer.save(self.runs_ref.location)

@@ -13,6 +13,7 @@ import os
 import signal
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -23,17 +24,18 @@ from ometria_spark.client import OmetriaClient, Throttle, api_key_from_env
 from ometria_spark.config import Config
 from ometria_spark.extract import API_STREAMS, land, make_plan
 from ometria_spark.landing import Landing, Plan, storage_for
-from ometria_spark.readers import RAW_COLUMN, SOURCE_FILE, bad_pages, page_records, read_pages
+from ometria_spark.lock import RunLock, SyncLockedError
+from ometria_spark.readers import RAW_COLUMN, SOURCE_FILE, read_records
 from ometria_spark.spark import on_databricks, s3a_options
-from ometria_spark.state import RunRecord, StateStore, SyncLockedError, table_ref
+from ometria_spark.state import RunRecord, StateStore, table_ref
 from ometria_spark.tables import TABLES
 from ometria_spark.transforms import (
     BAD_VALUES_COLUMN,
+    ORDER_COLUMN,
     PROBLEM_COLUMN,
     parse_timestamp,
     split_loadable,
     to_target,
-    with_problems,
 )
 from ometria_spark.writer import ensure_table, merge_into
 
@@ -73,6 +75,15 @@ class MergeCounts:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
+def _take_counts(record: RunRecord, counts: MergeCounts) -> None:
+    record.pages = counts.pages
+    record.records_read = counts.records_read
+    record.rows_inserted = counts.inserted
+    record.rows_updated = counts.updated
+    record.quarantined = counts.quarantined
+    record.bad_values = counts.bad_values
+
+
 def crash_point(name: str) -> None:
     """Test hook: ``OMETRIA_SPARK_CRASH_AT=name`` kills this process here with SIGKILL, the
     way a lost driver or an OOM kill would, so crash tests can stop at exact phases."""
@@ -107,17 +118,21 @@ def run(
 ) -> RunReport:
     """Sync the configured (or given) streams; never raises for a failed stream.
 
-    One sync of the same tables at a time: a run that finds the lock held by a live run
-    does nothing and reports every stream ``refused``.
+    One sync of the same landing zone (and tables) at a time: a run that finds the lock
+    held by a live run does nothing and reports every stream ``refused``.
     """
     started = now or datetime.now(UTC)
     report = RunReport(new_run_id(started))
     selected = [s for s in STREAM_ORDER if s in (streams or config.sync.streams)]
     for key, value in s3a_options(config.exports.s3_endpoint, config.exports.s3_region).items():
         spark.conf.set(key, value)
-    state = StateStore(spark, config)
+    landing = Landing(
+        config.storage.raw_path,
+        storage_for(config.storage.raw_path, config.exports.s3_endpoint, config.exports.s3_region),
+    )
+    lock = RunLock(landing.root, landing.storage)
     try:
-        state.acquire_lock(report.run_id, config.sync.lock_timeout_minutes)
+        lock.acquire(report.run_id, config.sync.lock_timeout_minutes)
     except SyncLockedError as exc:
         log.error("%s", exc)
         for stream in selected:
@@ -127,9 +142,12 @@ def run(
             )
         return report
     try:
-        _run_streams(spark, config, state, report, selected, full_refresh, started, on_page)
+        state = StateStore(spark, config)
+        _run_streams(
+            spark, config, state, landing, report, selected, full_refresh, started, on_page
+        )
     finally:
-        state.release_lock(report.run_id)
+        lock.release(report.run_id)
     return report
 
 
@@ -137,16 +155,15 @@ def _run_streams(
     spark: SparkSession,
     config: Config,
     state: StateStore,
+    landing: Landing,
     report: RunReport,
     selected: list[str],
     full_refresh: bool,
     started: datetime,
     on_page: Callable[[str, int, int], None] | None,
 ) -> None:
-    landing = Landing(
-        config.storage.raw_path,
-        storage_for(config.storage.raw_path, config.exports.s3_endpoint, config.exports.s3_region),
-    )
+    """Extraction runs ahead of loading: one driver thread lands the API streams' pages, in
+    stream order, while this thread merges each stream as soon as its pages are landed."""
     client: OmetriaClient | None = None
     setup_error: Exception | None = None
     api_key = ""
@@ -163,42 +180,139 @@ def _run_streams(
             )
         except Exception as exc:  # reported by each API stream below
             setup_error = exc
-    for stream in selected:
-        record = RunRecord(run_id=report.run_id, stream=stream, started_at=datetime.now(UTC))
-        try:
-            if stream == "email_events":
-                _sync_email_events(spark, config, state, record, full_refresh, started)
-            else:
+    records = {s: RunRecord(run_id=report.run_id, stream=s, started_at=started) for s in selected}
+    counts = {s: MergeCounts() for s in selected}
+    failed_early: dict[str, Exception] = {}
+    pulls: dict[str, Future[Plan]] = {}
+    api_streams = [s for s in selected if s in API_STREAMS]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ometria-extract") as extractor:
+
+        def pull(stream: str, stream_cursors: dict[str, str], run_id: str) -> Future[Plan]:
+            assert client is not None
+            return extractor.submit(
+                _extract, config, landing, client, stream, run_id, stream_cursors, started,
+                on_page,
+            )  # fmt: skip
+
+        # 0. The usual case (nothing left unmerged, every stream merged before): start the
+        #    pulls at once from the cursors the last merges left beside their pages, while
+        #    this thread reads the committed cursors from Delta (seconds on a cold JVM).
+        early = _early_cursors(landing, api_streams) if client and not full_refresh else {}
+        for stream, stream_cursors in early.items():
+            pulls[stream] = pull(stream, stream_cursors, report.run_id)
+        # 1. Per API stream: finish what an earlier run landed (or half landed) but never
+        #    merged, then read the committed cursors. Done for all before any other pull,
+        #    so that the client is only ever used by one thread at a time.
+        cursors: dict[str, dict[str, str]] = {}
+        for stream in api_streams:
+            try:
                 if client is None:
                     raise setup_error or RuntimeError("no API client")
-                _sync_api_stream(
-                    spark,
-                    config,
-                    state,
-                    landing,
-                    client,
-                    stream,
-                    record,
-                    full_refresh,
-                    started,
-                    on_page,
-                )
-            record.status = "succeeded"
-        except Exception as exc:
-            record.status = "failed"
-            record.error = _one_line(exc, api_key)
-            log.error("%s failed: %s", stream, record.error)
-            log.debug("%s failure detail", stream, exc_info=True)
-        finally:
-            crash_point(f"after:{stream}")
-            record.ended_at = datetime.now(UTC)
-            report.streams.append(record)
+                if stream not in early:
+                    for plan in landing.unmerged_plans(stream):
+                        log.info("%s: resuming unmerged pull %s", stream, plan.run_id)
+                        land(plan, client, landing, on_page=on_page)
+                        counts[stream].add(merge_pull(spark, config, state, landing, plan))
+                if full_refresh:
+                    state.reset(stream)
+                cursors[stream] = state.cursors(stream)
+                records[stream].cursor_before = _describe(cursors[stream])
+            except Exception as exc:
+                failed_early[stream] = exc
+        # 2. This run's pulls, from the committed cursors, in the extraction thread. An early
+        #    pull stands only if it started no later than Delta's cursors say (someone may
+        #    have moved them back); otherwise it is set aside, never merged, and pulled again.
+        for stream, stream_cursors in cursors.items():
+            if stream in early and not _starts_in_time(early[stream], stream_cursors):
+                log.warning("%s: cursors changed since the last merge; pulling again", stream)
+                try:
+                    pulls[stream].result()
+                except Exception as exc:  # it failed part way: set aside all the same
+                    log.info("%s: the early pull had failed: %s", stream, _one_line(exc, api_key))
+                landing.abandon(stream, report.run_id)
+                pulls[stream] = pull(stream, stream_cursors, f"{report.run_id}-again")
+            if stream not in pulls:
+                pulls[stream] = pull(stream, stream_cursors, report.run_id)
+        # 3. Load each stream as its pages arrive.
+        for stream in selected:
+            record = records[stream]
             try:
-                state.record_run(record)
-            except Exception as exc:  # the run record must not hide the stream's outcome
-                log.error("could not record the run of %s: %s", stream, _one_line(exc, api_key))
+                if stream in failed_early:
+                    raise failed_early[stream]
+                if stream == "email_events":
+                    _sync_email_events(spark, config, state, record, full_refresh)
+                else:
+                    plan = pulls[stream].result()
+                    merged = merge_pull(
+                        spark, config, state, landing, plan, skip_unchanged=not full_refresh
+                    )
+                    counts[stream].add(merged)
+                    record.cursor_after = _describe(state.cursors(stream))
+                    _take_counts(record, counts[stream])
+                record.status = "succeeded"
+            except Exception as exc:
+                if stream in counts:
+                    _take_counts(record, counts[stream])
+                record.status = "failed"
+                record.error = _one_line(exc, api_key)
+                log.error("%s failed: %s", stream, record.error)
+                log.debug("%s failure detail", stream, exc_info=True)
+            finally:
+                crash_point(f"after:{stream}")
+                record.ended_at = datetime.now(UTC)
+                report.streams.append(record)
     if client is not None:
         client.close()
+    try:  # one append for the whole run
+        state.record_runs(report.streams)
+    except Exception as exc:  # the run records must not hide the streams' outcome
+        log.error("could not record the run: %s", _one_line(exc, api_key))
+
+
+def _early_cursors(landing: Landing, streams: list[str]) -> dict[str, dict[str, str]]:
+    """The cursors every stream's last merge recorded, if all have them and no pull of any
+    of them waits to be merged (that would need the client first); else nothing."""
+    early = {}
+    for stream in streams:
+        recorded = landing.last_merged_cursors(stream)
+        if recorded is None or landing.unmerged_plans(stream):
+            return {}
+        early[stream] = recorded
+    return early
+
+
+def _starts_in_time(used: dict[str, str], committed: dict[str, str]) -> bool:
+    """True when a pull planned from ``used`` misses nothing the committed cursors cover:
+    no scope starts later than its committed cursor (or has none committed)."""
+    return all(scope in committed and value <= committed[scope] for scope, value in used.items())
+
+
+def _extract(
+    config: Config,
+    landing: Landing,
+    client: OmetriaClient,
+    stream: str,
+    run_id: str,
+    cursors: dict[str, str],
+    now: datetime,
+    on_page: Callable[[str, int, int], None] | None,
+) -> Plan:
+    """Plan and land one stream's pull (the extraction thread: no Spark here)."""
+    plan = make_plan(
+        stream,
+        run_id=run_id,
+        client=client,
+        page_size=config.api.page_size,
+        cursors=cursors,
+        lookback_minutes=config.sync.lookback_minutes,
+        start_date=config.sync.start_date,
+        window_days=config.sync.unsubscribes_window_days,
+        now=now,
+    )
+    landing.save_plan(plan)
+    land(plan, client, landing, on_page=on_page)
+    crash_point(f"landed:{stream}")
+    return plan
 
 
 def _one_line(exc: BaseException, secret: str) -> str:
@@ -212,53 +326,6 @@ def _one_line(exc: BaseException, secret: str) -> str:
     return line.replace(secret, "***") if len(secret) >= 8 else line
 
 
-def _sync_api_stream(
-    spark: SparkSession,
-    config: Config,
-    state: StateStore,
-    landing: Landing,
-    client: OmetriaClient,
-    stream: str,
-    record: RunRecord,
-    full_refresh: bool,
-    now: datetime,
-    on_page: Callable[[str, int, int], None] | None,
-) -> None:
-    counts = MergeCounts()
-    # 1. Finish what an earlier run landed (or half landed) but never merged.
-    for plan in landing.unmerged_plans(stream):
-        log.info("%s: resuming unmerged pull %s", stream, plan.run_id)
-        land(plan, client, landing, on_page=on_page)
-        counts.add(merge_pull(spark, config, state, landing, plan))
-    # 2. This run's pull, from the committed cursors.
-    if full_refresh:
-        state.reset(stream)
-    cursors = state.cursors(stream)
-    record.cursor_before = _describe(cursors)
-    plan = make_plan(
-        stream,
-        run_id=record.run_id,
-        client=client,
-        page_size=config.api.page_size,
-        cursors=cursors,
-        lookback_minutes=config.sync.lookback_minutes,
-        start_date=config.sync.start_date,
-        window_days=config.sync.unsubscribes_window_days,
-        now=now,
-    )
-    landing.save_plan(plan)
-    land(plan, client, landing, on_page=on_page)
-    crash_point(f"landed:{stream}")
-    counts.add(merge_pull(spark, config, state, landing, plan))
-    record.cursor_after = _describe(state.cursors(stream))
-    record.pages = counts.pages
-    record.records_read = counts.records_read
-    record.rows_inserted = counts.inserted
-    record.rows_updated = counts.updated
-    record.quarantined = counts.quarantined
-    record.bad_values = counts.bad_values
-
-
 def _describe(cursors: dict[str, str]) -> str | None:
     if not cursors:
         return None
@@ -268,56 +335,88 @@ def _describe(cursors: dict[str, str]) -> str | None:
 
 
 def merge_pull(
-    spark: SparkSession, config: Config, state: StateStore, landing: Landing, plan: Plan
+    spark: SparkSession,
+    config: Config,
+    state: StateStore,
+    landing: Landing,
+    plan: Plan,
+    *,
+    skip_unchanged: bool = True,
 ) -> MergeCounts:
     """Read a pull's landed pages, quarantine what cannot load, MERGE the rest, then move
-    the cursor and mark the pull merged, in that order."""
+    the cursor and mark the pull merged, in that order.
+
+    With ``skip_unchanged``, a pull whose every record the last merged pull already held
+    (by digest), with the cursors that merge left, changes nothing, and is marked merged
+    without reading it with Spark.
+    """
     spec = TABLES[plan.stream]
     paths = landing.page_paths(plan)
     counts = MergeCounts(pages=len(paths))
     new_cursors: dict[str, str] = {}
+    digests = landing.digests(plan) if skip_unchanged else None
+    # The skip needs the state the last merge left: the same committed cursors (a user who
+    # moved them back, to load again, gets the MERGE).
+    if digests and landing.last_merged_cursors(plan.stream) == state.cursors(plan.stream):
+        last = landing.last_merged_digests(plan.stream)
+        if last is not None and digests <= last:
+            log.info("%s: all %d records were merged before", spec.name, len(digests))
+            counts.records_read = len(digests)
+            paths = []
     if paths:
-        pages = read_pages(spark, paths).cache()
-        records = page_records(pages, spec).transform(with_problems(spec)).cache()
-        totals = records.agg(
-            F.count(F.lit(1)).alias("read"),
-            F.count(PROBLEM_COLUMN).alias("bad"),
-        ).first()
-        bad_page_count = bad_pages(pages).count()
-        assert totals is not None
-        counts.records_read = int(totals["read"])
-        good, bad = split_loadable(records)
-        if totals["bad"] or bad_page_count:
-            rejected = bad_pages(pages).unionByName(
-                bad.select(SOURCE_FILE, PROBLEM_COLUMN, RAW_COLUMN)
-            )
-            counts.quarantined = state.quarantine(rejected, stream=plan.stream, run_id=plan.run_id)
-        if counts.records_read > int(totals["bad"]):
-            prepared = good.transform(
+        # One pass over the files, kept for the passes below: rows in the table's shape,
+        # plus what the quarantine and the cursors read (an unreadable page is a row with
+        # a _problem too).
+        keep = (SOURCE_FILE, PROBLEM_COLUMN, RAW_COLUMN, *CURSOR_FIELDS.get(plan.stream, ()))
+        rows = (
+            read_records(spark, paths, spec)
+            .transform(
                 to_target(
                     spec,
                     source_id=config.source_id,
                     account_id=config.account_id,
                     synced_at=datetime.now(UTC),
+                    keep=keep,
                 )
             )
-            metrics = merge_into(spark, prepared, spec, table_ref(config, spec.name))
+            .cache()
+        )
+        totals = rows.agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.count(ORDER_COLUMN).alias("read"),  # NULL for an unreadable page's row
+            F.count(PROBLEM_COLUMN).alias("bad"),
+        ).first()
+        assert totals is not None
+        counts.records_read = int(totals["read"])
+        good, bad = split_loadable(rows)
+        if totals["bad"]:
+            rejected = bad.select(SOURCE_FILE, PROBLEM_COLUMN, RAW_COLUMN)
+            counts.quarantined = state.quarantine(rejected, stream=plan.stream, run_id=plan.run_id)
+        if int(totals["rows"]) > int(totals["bad"]):
+            metrics = merge_into(spark, good, spec, table_ref(config, spec.name))
             counts.inserted, counts.updated = metrics.inserted, metrics.updated
-            summary = observed(plan.stream, good, prepared)
+            summary = observed(plan.stream, good, good)
             counts.bad_values = summary.bad_values
             new_cursors.update(summary.cursors)
         else:  # nothing to merge (the hourly case): skip the MERGE, but the table exists
             ensure_table(spark, spec, table_ref(config, spec.name))
-        records.unpersist()
-        pages.unpersist()
+        rows.unpersist()
     crash_point(f"merged:{plan.stream}")
     # The MERGE has committed: only now may the cursor move past this data.
     if new_cursors:
         old = state.cursors(plan.stream)
         forward = {k: v for k, v in new_cursors.items() if k not in old or v > old[k]}
         state.set_cursors(plan.stream, forward, plan.run_id)
-    landing.mark_merged(plan)
+    landing.mark_merged(plan, state.cursors(plan.stream))
     return counts
+
+
+# The raw fields ``observed`` reads the next cursors from, per stream.
+CURSOR_FIELDS: dict[str, tuple[str, ...]] = {
+    "profiles": ("update_since",),
+    "unsubscribes": ("timestamp",),
+    "member_lists": ("id", "timestamp"),
+}
 
 
 @dataclass
@@ -351,7 +450,6 @@ def _sync_email_events(
     state: StateStore,
     record: RunRecord,
     full_refresh: bool,
-    now: datetime,
 ) -> None:
     from ometria_spark.exports import load_email_events
 
@@ -370,11 +468,16 @@ def _sync_email_events(
         synced_at=datetime.now(UTC),
     )
     record.files = result.files_loaded
-    record.records_read = result.rows_read
-    record.rows_inserted = result.inserted
-    record.rows_updated = result.updated
-    record.quarantined = result.quarantined
-    record.bad_values = result.bad_values
+    _take_counts(
+        record,
+        MergeCounts(
+            records_read=result.rows_read,
+            inserted=result.inserted,
+            updated=result.updated,
+            quarantined=result.quarantined,
+            bad_values=result.bad_values,
+        ),
+    )
     if result.files_rejected:
         names = ", ".join(os.path.basename(p) for p, _ in result.files_rejected[:3])
         raise RuntimeError(

@@ -24,16 +24,12 @@ BAD_VALUES_COLUMN = "_bad_values"  # target columns whose non-empty raw value di
 
 # The timestamp shapes Ometria sends: profiles/lists `2015-11-03T11:48:10+00:00`,
 # unsubscribes `2017-05-17 22:08:07+00`, exports `2026-01-01 10:11:12`; a value without an
-# offset is UTC. Spark 4 runs in ANSI mode, so only the try_ functions keep a bad value from
-# failing the job.
-TIMESTAMP_FORMATS: tuple[str, ...] = (
-    "yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]XXX",
-    "yyyy-MM-dd HH:mm:ss[.SSSSSS]XXX",
-    "yyyy-MM-dd HH:mm:ss[.SSSSSS]X",
-    "yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]X",
-    "yyyy-MM-dd HH:mm:ss[.SSSSSS]",
-    "yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]",
-    "yyyy-MM-dd",
+# offset is UTC. Accepted: a date, optionally `T` or a space and a time with up to 6
+# fraction digits, optionally `Z` or an offset `+HH`, `+HHMM` or `+HH:MM` (any case).
+TIMESTAMP_SHAPE = (
+    r"^\d{4}-\d{2}-\d{2}"  # date
+    r"([T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?"  # time
+    r"(Z|[+-]\d{2}(:?\d{2})?)?)?$"  # offset
 )
 TRUE_TEXT = ("true", "1", "yes", "y", "t")
 FALSE_TEXT = ("false", "0", "no", "n", "f")
@@ -50,14 +46,17 @@ def blank_to_null(col: Column) -> Column:
 
 def parse_timestamp(col: Column) -> Column:
     """Any of Ometria's timestamp shapes -> UTC TIMESTAMP; anything else -> NULL."""
-    text = F.trim(col.cast(StringType()))
-    return F.coalesce(*[F.try_to_timestamp(text, F.lit(fmt)) for fmt in TIMESTAMP_FORMATS])
+    text = F.upper(F.trim(col.cast(StringType())))
+    # The shape check keeps to the shapes above (a cast alone also takes `2026`, `2026-1-1`
+    # or a bare time), and the cast then parses without a formatter: one pattern-based
+    # try_to_timestamp per shape made the generated code of a profiles row too big for the
+    # JIT to compile (and 3x slower). try_cast: ANSI mode, a bad date (02-30) is NULL.
+    return F.when(text.rlike(TIMESTAMP_SHAPE), text.try_cast(TimestampType()))
 
 
 def parse_date(col: Column) -> Column:
-    """``YYYY-MM-DD`` (a longer timestamp keeps its date part) -> DATE; else NULL."""
-    text = F.trim(col.cast(StringType()))
-    return F.coalesce(F.try_to_date(text, "yyyy-MM-dd"), F.to_date(parse_timestamp(text)))
+    """``YYYY-MM-DD`` (a longer timestamp keeps its UTC date) -> DATE; else NULL."""
+    return F.to_date(parse_timestamp(col))
 
 
 def parse_boolean(col: Column) -> Column:
@@ -115,18 +114,28 @@ def with_problems(spec: TableSpec) -> Callable[[DataFrame], DataFrame]:
 
 
 def to_target(
-    spec: TableSpec, *, source_id: str, account_id: str, synced_at: datetime
+    spec: TableSpec,
+    *,
+    source_id: str,
+    account_id: str,
+    synced_at: datetime,
+    keep: tuple[str, ...] = (),
 ) -> Callable[[DataFrame], DataFrame]:
     """Map raw records to the table's columns, in the spec's order and types.
 
     Also adds ``_bad_values`` (names of columns whose raw text was present but did not
-    parse) and keeps ``_fetch_order`` for de-duplication; ``finalize`` drops both.
+    parse) and keeps ``_fetch_order`` for de-duplication, and the input columns named in
+    ``keep`` as they are; ``finalize`` drops all of these.
     """
+    clash = [c for c in keep if c in spec.column_names or c in (BAD_VALUES_COLUMN, ORDER_COLUMN)]
+    if clash:
+        raise ValueError(f"{spec.name}: cannot keep {clash}: output columns of the same name")
 
     def step(df: DataFrame) -> DataFrame:
         key = sync_key(source_id, [F.col(f) for f in spec.key_fields])
+        inputs: list[Column] = []  # the raw text of each parsed (non-string) column
         selected: list[Column] = []
-        bad: list[Column] = []
+        parsed: list[str] = []
         for column in spec.columns:
             kind = column.source.kind
             if kind == "field":
@@ -135,7 +144,8 @@ def to_target(
                     raw = F.coalesce(raw, blank_to_null(F.col(column.source.fallback)))
                 value = _parse(raw, column.type)
                 if not isinstance(column.type, StringType):
-                    bad.append(F.when(raw.isNotNull() & value.isNull(), F.lit(column.name)))
+                    inputs.append(raw.alias(_raw_name(column.name)))
+                    parsed.append(column.name)
             elif kind == "key":
                 value = key
             elif kind == "account_id":
@@ -147,15 +157,28 @@ def to_target(
             else:
                 raise ValueError(f"{spec.name}.{column.name}: unknown source kind {kind!r}")
             selected.append(value.cast(column.type).alias(column.name))
-        bad_values = (
-            F.filter(F.array(*bad), lambda c: c.isNotNull())
-            if bad
-            else F.array().cast("array<string>")
-        )
         order = F.col(ORDER_COLUMN) if ORDER_COLUMN in df.columns else F.lit(0)
-        return df.select(*selected, bad_values.alias(BAD_VALUES_COLUMN), order.alias(ORDER_COLUMN))
+        # Two selects: the bad-value check reads the parsed columns instead of parsing each
+        # value a second time, and concat of arrays (not a higher-order filter) keeps the
+        # whole step in generated code.
+        kept = [c for c in keep if c in df.columns]
+        target = df.select(*selected, *inputs, order.alias(ORDER_COLUMN), *kept)
+        bad = [
+            F.when(
+                F.col(_raw_name(name)).isNotNull() & F.col(name).isNull(), F.array(F.lit(name))
+            ).otherwise(F.array().cast("array<string>"))
+            for name in parsed
+        ]
+        bad_values = F.concat(*bad) if bad else F.array().cast("array<string>")
+        return target.select(
+            *spec.column_names, bad_values.alias(BAD_VALUES_COLUMN), ORDER_COLUMN, *kept
+        )
 
     return step
+
+
+def _raw_name(column: str) -> str:
+    return f"_raw_{column}"
 
 
 def latest_per_key(key: str = KEY_COLUMN) -> Callable[[DataFrame], DataFrame]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import reduce
 
@@ -60,25 +61,45 @@ def table_exists(spark: SparkSession, ref: TableRef) -> bool:
     return bool(spark.catalog.tableExists(ref.location))
 
 
+# Tables this process has seen exist (and registered), per session: each check is a
+# catalog or storage round trip, and a sync would otherwise repeat them for every write.
+_KNOWN: set[tuple[int, str]] = set()
+
+
 def create_if_absent(
-    spark: SparkSession, ref: TableRef, schema: StructType, cluster_by: tuple[str, ...] = ()
+    spark: SparkSession,
+    ref: TableRef,
+    schema: StructType,
+    cluster_by: tuple[str, ...] = (),
+    properties: Mapping[str, str] | None = None,
 ) -> DeltaTable:
-    """Open the Delta table at ``ref``, creating it with ``schema`` first if needed; in
-    path mode also register its catalog name."""
+    """Open the Delta table at ``ref``, creating it with ``schema`` (and table
+    ``properties``) first if needed; in path mode also register its catalog name. An
+    existing table keeps its properties."""
+    known = (id(spark), ref.location)
+    if known in _KNOWN:
+        try:
+            return open_table(spark, ref)
+        except Exception:  # removed since: check and create again
+            _KNOWN.discard(known)
     if not table_exists(spark, ref):
         builder = DeltaTable.createIfNotExists(spark).addColumns(schema)
         builder = builder.location(ref.location) if ref.is_path else builder.tableName(ref.location)
         if cluster_by:
             builder = builder.clusterBy(*cluster_by)
+        for key, value in (properties or {}).items():
+            builder = builder.property(key, value)
         builder.execute()
     if ref.is_path and ref.catalog_name:
         register(spark, ref)
-    return open_table(spark, ref)
+    table = open_table(spark, ref)
+    _KNOWN.add(known)
+    return table
 
 
 def ensure_table(spark: SparkSession, spec: TableSpec, ref: TableRef) -> DeltaTable:
     """Create the table with the spec's schema if it does not exist, and check its columns."""
-    table = create_if_absent(spark, ref, spec.schema, spec.cluster_by)
+    table = create_if_absent(spark, ref, spec.schema, spec.cluster_by, spec.properties)
     validate_columns(table.toDF(), spec)
     return table
 
@@ -131,7 +152,7 @@ def merge_into(
     The source is de-duplicated first: of the rows sharing a key, the one fetched last wins
     (Delta fails a MERGE where two source rows match one target row). A matched row is
     rewritten only when one of its values changed, so re-merging the same batch changes
-    nothing (and rewrites no file). ``prune`` is an extra predicate on the
+    nothing (and commits nothing). ``prune`` is an extra predicate on the
     target (``t.``) that narrows the files the MERGE reads. Concurrent-write conflicts are
     retried; MERGE is idempotent, so a retry cannot duplicate rows.
     """
@@ -143,14 +164,7 @@ def merge_into(
         condition = condition & prune
     for attempt in range(1, attempts + 1):
         try:
-            result = (
-                table.alias("t")
-                .merge(source.alias("s"), condition)
-                .whenMatchedUpdateAll(condition=changed(spec))
-                .whenNotMatchedInsertAll()
-                .execute()
-            )
-            return _metrics(result)
+            return _upsert(table, source, spec, condition)
         except Exception as exc:
             if attempt == attempts or not is_write_conflict(exc):
                 raise
@@ -159,7 +173,82 @@ def merge_into(
     raise AssertionError("unreachable")
 
 
-def _metrics(result: DataFrame) -> MergeMetrics:
+def _upsert(
+    table: DeltaTable, source: DataFrame, spec: TableSpec, condition: Column
+) -> MergeMetrics:
+    done = MergeMetrics(0, 0, 0)
+    if _has_no_files(table):
+        # A first load. An upsert in which no source row matches a target row inserts every
+        # source row and nothing else; an insert-only MERGE does just that, without the
+        # full MERGE's materialized source, second join and outer join. Its own commit
+        # shows whether that held (every source row inserted); if the table gained rows
+        # in the meantime, the full upsert below finishes the job (re-merging is harmless).
+        inserted = merge_metrics(
+            table.alias("t").merge(source.alias("s"), condition).whenNotMatchedInsertAll().execute()
+        )
+        if _last_merge_inserted_all(table):
+            return inserted
+        done = inserted
+    # Rows equal to the table's already are dropped before the MERGE: Delta rewrites every
+    # file holding a matched row even when the update's condition keeps the row as it is,
+    # and a batch with nothing new (the hourly re-read) then commits nothing at all. Cached,
+    # so that the check and the MERGE do not each recompute the source and the join.
+    changes = _changed_rows(table, source, spec, condition).cache()
+    try:
+        if changes.count() == 0:
+            return done
+        merged = merge_metrics(
+            table.alias("t")
+            .merge(changes.alias("s"), condition)
+            .whenMatchedUpdateAll(condition=changed(spec))
+            .whenNotMatchedInsertAll()
+            .execute()
+        )
+    finally:
+        changes.unpersist()
+    return MergeMetrics(
+        affected=done.affected + merged.affected,
+        inserted=done.inserted + merged.inserted,
+        updated=done.updated + merged.updated,
+    )
+
+
+def _changed_rows(
+    table: DeltaTable, source: DataFrame, spec: TableSpec, condition: Column
+) -> DataFrame:
+    """The source rows that are new or differ from the table's row of the same key.
+
+    Written as target-semi-join-source, then source-anti-join-those-keys, rather than one
+    source-anti-join-target: the side Spark can broadcast in a semi or anti join is the
+    right one, and a batch is small next to its table, so the table is scanned once
+    without being shuffled.
+    """
+    same = (
+        table.toDF()
+        .alias("t")
+        .join(source.alias("s"), condition & ~changed(spec), "left_semi")
+        .select(F.col(KEY_COLUMN))
+    )
+    return source.join(same, KEY_COLUMN, "left_anti")
+
+
+def _has_no_files(table: DeltaTable) -> bool:
+    detail = table.detail().select("numFiles").first()
+    return detail is not None and int(detail["numFiles"] or 0) == 0
+
+
+def _last_merge_inserted_all(table: DeltaTable) -> bool:
+    """True when the table's latest commit is a MERGE that inserted every source row."""
+    last = table.history(1).select("operation", "operationMetrics").first()
+    if last is None or last["operation"] != "MERGE":
+        return False
+    metrics = last["operationMetrics"] or {}
+    source_rows = metrics.get("numSourceRows")
+    return source_rows is not None and metrics.get("numTargetRowsInserted") == source_rows
+
+
+def merge_metrics(result: DataFrame) -> MergeMetrics:
+    """The counts of the DataFrame ``DeltaMergeBuilder.execute()`` returns."""
     row = result.first()
     if row is None:
         return MergeMetrics(0, 0, 0)

@@ -48,17 +48,23 @@ def test_merge_into_new_then_changed_then_same(spark: SparkSession, tmp_path: Pa
     assert_df_equality(table(spark, tmp_path / "lists"), frame(spark, after_second),
                        ignore_row_order=True, ignore_nullable=True)  # fmt: skip
 
-    # The same batch again: nothing inserted, nothing updated, no row changed.
+    # The same batch again: no row changed and no commit at all (Delta would otherwise
+    # rewrite every file holding a matched row, changed or not).
     versions_before = spark.sql(f"DESCRIBE HISTORY delta.`{tmp_path / 'lists'}`").count()
     assert merge_into(spark, frame(spark, second), LISTS, ref) == MergeMetrics(0, 0, 0)
     assert_df_equality(table(spark, tmp_path / "lists"), frame(spark, after_second),
                        ignore_row_order=True, ignore_nullable=True)  # fmt: skip
+    assert spark.sql(f"DESCRIBE HISTORY delta.`{tmp_path / 'lists'}`").count() == versions_before
+
+    # One changed row among unchanged ones: only that row's file is rewritten, and the
+    # unchanged row is not copied by the MERGE.
+    third = [row("L1", "VIPs ✨", T2), row("L2", "Lapsed (old)", T2)]
+    assert merge_into(spark, frame(spark, third), LISTS, ref) == MergeMetrics(1, 0, 1)
     history = spark.sql(f"DESCRIBE HISTORY delta.`{tmp_path / 'lists'}`")
-    assert history.count() == versions_before + 1
     latest = history.orderBy(F.col("version").desc()).first()
     assert latest is not None
-    assert latest["operationMetrics"]["numTargetRowsUpdated"] == "0"
-    assert latest["operationMetrics"]["numTargetRowsInserted"] == "0"
+    assert latest["operationMetrics"]["numSourceRows"] == "1"
+    assert latest["operationMetrics"]["numTargetRowsUpdated"] == "1"
 
 
 def test_duplicated_key_latest_fetched_wins(spark: SparkSession, tmp_path: Path) -> None:

@@ -1,0 +1,288 @@
+"""Benchmark: load throughput of the profiles stream, from landed pages to the Delta table.
+
+Lands a full pull of N profiles from the emulator (no rate limit) the way the job does
+(``extract.make_plan`` + ``extract.land``), then times, in one Spark session:
+
+- the read floor: Spark reading the same page files with the same schema (the records as
+  structs, as the reader parses them) and writing them to the ``noop`` format;
+- the load: ``sync.merge_pull`` of that pull into an empty table (read, transform, MERGE,
+  cursor), the product's own code path;
+- a 1% increment: 1% of the profiles change in the emulator (new ``update_since``, changed
+  fields), the incremental pull is planned from the table's cursor and landed, and merged
+  into the full table and into a table 10x smaller that holds the same changed profiles.
+
+Prints phase, rows, seconds, rows/s and the ratio to the read floor of the same files, and
+appends the table to ``bench/results.md``.
+Not a test: ``.venv/bin/python bench/load_profiles.py [--profiles 1000000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import SparkSession
+from pyspark.sql.types import ArrayType, StructField, StructType
+
+from ometria_spark.client import OmetriaClient, Page, Throttle
+from ometria_spark.config import Config, config_from_dict
+from ometria_spark.emulator.dataset import DAY, Dataset
+from ometria_spark.emulator.server import EmulatorServer
+from ometria_spark.extract import envelope, land, make_plan
+from ometria_spark.landing import Landing, LocalStorage, Plan, Request
+from ometria_spark.readers import PAGE_SCHEMA
+from ometria_spark.spark import get_spark
+from ometria_spark.state import StateStore
+from ometria_spark.sync import MergeCounts, merge_pull
+from ometria_spark.tables import PROFILES
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import append
+
+KEY = "bench-key-load-profiles"
+PAGE_SIZE = 250
+
+
+@dataclass
+class Target:
+    """One profiles table with its state tables (cursors, runs, quarantine)."""
+
+    config: Config
+    state: StateStore
+
+    @property
+    def location(self) -> str:
+        return self.config.table_location("profiles")
+
+
+def make_target(spark: SparkSession, work: Path, name: str, url: str) -> Target:
+    config = config_from_dict(
+        {
+            "account_id": "bench",
+            "source_id": "bench",
+            "api": {"base_url": url, "key_env": "OMETRIA_BENCH_KEY", "page_size": PAGE_SIZE},
+            "storage": {
+                "raw_path": str(work / f"raw_{name}"),
+                "tables_path": str(work / f"tables_{name}"),
+                "schema": f"bench_{name}",
+            },
+            "sync": {"streams": ["profiles"]},
+        }
+    )
+    return Target(config, StateStore(spark, config))
+
+
+def page_files(landing: Landing, plan: Plan) -> list[str]:
+    return landing.page_paths(plan)
+
+
+def read_floor(spark: SparkSession, paths: list[str]) -> float:
+    """Seconds for Spark to read the page files with the records' full schema (noop sink)."""
+    records = StructType(PROFILES.raw_schema.fields)
+    schema = StructType(
+        [
+            StructField(f.name, ArrayType(records)) if f.name == "records" else f
+            for f in PAGE_SCHEMA.fields
+        ]
+    )
+    started = time.monotonic()
+    spark.read.schema(schema).json(paths).write.format("noop").mode("overwrite").save()
+    return time.monotonic() - started
+
+
+def land_subset(landing: Landing, run_id: str, profiles: list[dict[str, Any]]) -> Plan:
+    """Land ``profiles`` as a full pull would have (pages of 250), without HTTP."""
+    request = Request("profiles", {})
+    plan = Plan("profiles", run_id, PAGE_SIZE, (request,))
+    landing.save_plan(plan)
+    fetched_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    for number, offset in enumerate(range(0, len(profiles), PAGE_SIZE)):
+        params = {"limit": str(PAGE_SIZE), "offset": str(offset)}
+        page = Page("/profiles", params, profiles[offset : offset + PAGE_SIZE], fetched_at,
+                    number, offset)  # fmt: skip
+        landing.write_page(plan, 0, envelope(plan, request, page))
+    landing.mark_request_done(plan, 0)
+    return plan
+
+
+def change_profiles(ds: Dataset, indexes: list[int], rng: random.Random) -> None:
+    """Update these profiles in the emulator the way a day of activity does."""
+    day_start = ds.now.timestamp()
+    with ds.lock:
+        for i in indexes:
+            ds.profiles[i] = ds._updated_profile(ds.profiles[i], day_start + rng.random() * DAY)
+            # Also a field that the emulator's own updates leave alone.
+            ds.profiles[i]["phone_number"] = f"+4477001{i % 100000:05d}"
+        ds.now += timedelta(days=1)
+        ds.version += 1  # invalidates the emulator's updateSince cache
+
+
+def table_files(spark: SparkSession, location: str) -> int:
+    detail = spark.sql(f"DESCRIBE DETAIL delta.`{location}`").first()
+    return int(detail["numFiles"]) if detail is not None else 0
+
+
+def last_operation(spark: SparkSession, location: str) -> str:
+    row = spark.sql(f"DESCRIBE HISTORY delta.`{location}` LIMIT 1").first()
+    if row is None:
+        return ""
+    metrics = row["operationMetrics"] or {}
+    keep = ("numTargetRowsInserted", "numTargetRowsUpdated", "numTargetFilesAdded",
+            "numTargetFilesRemoved", "numTargetDeletionVectorsAdded", "executionTimeMs",
+            "scanTimeMs", "rewriteTimeMs", "numOutputRows", "numFiles")  # fmt: skip
+    shown = ", ".join(f"{k}={metrics[k]}" for k in keep if k in metrics)
+    return f"{row['operation']} v{row['version']}: {shown}"
+
+
+class Timer:
+    """Times phases; optionally profiles the driver with pyinstrument."""
+
+    def __init__(self, profile_dir: Path | None) -> None:
+        self.profile_dir = profile_dir
+
+    def merge(
+        self, spark: SparkSession, name: str, target: Target, landing: Landing, plan: Plan
+    ) -> tuple[MergeCounts, float]:
+        profiler = None
+        if self.profile_dir is not None:
+            from pyinstrument import Profiler
+
+            profiler = Profiler(interval=0.005)
+            profiler.start()
+        started = time.monotonic()
+        counts = merge_pull(spark, target.config, target.state, landing, plan)
+        seconds = time.monotonic() - started
+        if profiler is not None and self.profile_dir is not None:
+            profiler.stop()
+            out = self.profile_dir / f"{name}.txt"
+            out.write_text(profiler.output_text(unicode=False, color=False), encoding="utf-8")
+            print(f"  driver profile: {out}")
+        print(f"  {name}: {last_operation(spark, target.location)}")
+        return counts, seconds
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print a table."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--profiles", type=int, default=1_000_000)
+    parser.add_argument("--workdir", help="where to land pages and write tables (default: temp)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--profile", action="store_true", help="pyinstrument the driver during each MERGE"
+    )
+    parser.add_argument("--no-record", action="store_true", help="do not append to results.md")
+    args = parser.parse_args(argv)
+    n = args.profiles
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="load-profiles-bench-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    timer = Timer(work if args.profile else None)
+    rng = random.Random(1234)
+    os.environ["OMETRIA_BENCH_KEY"] = KEY
+
+    started = time.monotonic()
+    ds = Dataset.generate(seed=5, profiles=n, lists=1)
+    print(f"generated {n:,} profiles in {time.monotonic() - started:.1f}s under {work}")
+    server = EmulatorServer(ds, api_key=KEY).start()
+    spark = get_spark(
+        "load-profiles-bench", extra_conf={"spark.sql.warehouse.dir": str(work / "warehouse")}
+    )
+    client = OmetriaClient(server.url, KEY, page_size=PAGE_SIZE, throttle=Throttle(1e9))
+    full = make_target(spark, work, "full", server.url)
+    small = make_target(spark, work, "small", server.url)
+    # Each table has its own landing zone, as two deployments would.
+    landing = Landing(full.config.storage.raw_path, LocalStorage())
+    small_landing = Landing(small.config.storage.raw_path, LocalStorage())
+
+    # The full pull, landed over HTTP exactly as a first sync does.
+    plan = make_plan("profiles", run_id="full", client=client, page_size=PAGE_SIZE, cursors={},
+                     lookback_minutes=60, start_date="2015-01-01", window_days=30,
+                     now=ds.now)  # fmt: skip
+    landing.save_plan(plan)
+    started = time.monotonic()
+    land(plan, client, landing)
+    fetch_full = time.monotonic() - started
+    paths = page_files(landing, plan)
+    print(f"landed {len(paths):,} pages in {fetch_full:.1f}s")
+
+    floor_full = read_floor(spark, paths)
+    floor_full = min(floor_full, read_floor(spark, paths))  # second read: warm file cache
+    print(f"read floor: {floor_full:.1f}s")
+    loaded, load_full = timer.merge(spark, "load_full", full, landing, plan)
+    print(f"full load: {loaded.inserted:,} inserted in {load_full:.1f}s")
+
+    # The changed 1%, and a 10x smaller table holding them (as they were) and others.
+    changed = sorted(rng.sample(range(n), max(1, n // 100)))
+    changed_set = set(changed)
+    others = [i for i in range(n) if i not in changed_set]
+    subset = sorted([*changed, *rng.sample(others, max(0, n // 10 - len(changed)))])
+    small_plan = land_subset(small_landing, "small", [ds.profiles[i] for i in subset])
+    _, load_small = timer.merge(spark, "load_small", small, small_landing, small_plan)
+    print(f"small table: {len(subset):,} profiles loaded in {load_small:.1f}s")
+
+    change_profiles(ds, changed, rng)
+    cursors = full.state.cursors("profiles")
+    inc_plan = make_plan("profiles", run_id="increment", client=client, page_size=PAGE_SIZE,
+                         cursors=cursors, lookback_minutes=60, start_date="2015-01-01",
+                         window_days=30, now=ds.now)  # fmt: skip
+    landing.save_plan(inc_plan)
+    started = time.monotonic()
+    land(inc_plan, client, landing)
+    fetch_inc = time.monotonic() - started
+    inc_paths = page_files(landing, inc_plan)
+    floor_inc = min(read_floor(spark, inc_paths), read_floor(spark, inc_paths))
+    # The same landed increment for the small table.
+    shutil.copytree(
+        landing.folder("profiles", inc_plan.run_id),
+        small_landing.folder("profiles", inc_plan.run_id),
+    )
+    inc_full_counts, inc_full = timer.merge(spark, "increment_full", full, landing, inc_plan)
+    inc_small_counts, inc_small = timer.merge(
+        spark, "increment_small", small, small_landing, inc_plan
+    )
+    server.stop()
+    client.close()
+
+    def line(phase: str, rows: int, seconds: float, floor: float | None) -> str:
+        ratio = f"{seconds / floor:>6.2f}" if floor else f"{'':>6}"
+        return f"{phase:<34} {rows:>10,} {seconds:>8.2f} {rows / seconds:>10,.0f} {ratio}"
+
+    lines = [
+        f"{'phase':<34} {'rows':>10} {'seconds':>8} {'rows/s':>10} {'/floor':>6}",
+        line("fetch + land full pull (HTTP)", n, fetch_full, None),
+        line("read floor (noop)", n, floor_full, floor_full),
+        line("load into empty table", loaded.records_read, load_full, floor_full),
+        line("fetch + load (no JVM start)", loaded.records_read, fetch_full + load_full, None),
+        line("fetch + land 1% increment", inc_full_counts.records_read, fetch_inc, None),
+        line("increment read floor (noop)", inc_full_counts.records_read, floor_inc, floor_inc),
+        line(f"increment into {n:,}", inc_full_counts.records_read, inc_full, floor_inc),
+        line(
+            f"increment into {len(subset):,}", inc_small_counts.records_read, inc_small, floor_inc
+        ),
+        f"increment large/small: {inc_full / inc_small:.2f} (table size ratio "
+        f"{n / len(subset):.0f}); updated {inc_full_counts.updated:,} / "
+        f"{inc_small_counts.updated:,}, inserted {inc_full_counts.inserted:,} / "
+        f"{inc_small_counts.inserted:,}",
+        f"files: full table {table_files(spark, full.location)}, small table "
+        f"{table_files(spark, small.location)}; pages: full {len(paths):,}, increment "
+        f"{len(inc_paths):,}",
+    ]
+    print()
+    print("\n".join(lines))
+    if not args.no_record:
+        append(f"bench/load_profiles.py --profiles {n}", lines)
+    spark.stop()
+    if not args.keep and not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
