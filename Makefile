@@ -43,7 +43,7 @@ bench: setup $(BENCH_STAMP)
 	$(PY) bench/load_profiles.py
 	$(PY) bench/small_run.py
 	$(PY) bench/peer_dlt.py
-	$(PY) bench/email_events.py
+	$(PY) bench/email_events.py --events 1000000
 
 clean:
 	rm -rf $(VENV) warehouse demo-data spark-warehouse metastore_db derby.log

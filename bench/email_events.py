@@ -16,6 +16,7 @@ import gzip
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -30,6 +31,9 @@ from ometria_spark.exports import EmailEventsResult, load_email_events
 from ometria_spark.spark import get_spark
 from ometria_spark.state import StateStore
 from ometria_spark.writer import TableRef
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import append
 
 COLUMNS = [
     "event_id", "uuid", "to_address", "event_type", "dt_occurred", "bounce_class", "reason",
@@ -164,6 +168,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", help="where to write files and tables (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
+    lines: list[str] = []
+
+    def say(text: str = "") -> None:
+        print(text)
+        lines.append(text)
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="email-events-bench-"))
     rng = random.Random(42)
@@ -175,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         count = min(per_day, args.events - next_id)
         next_id = write_day(full_root, day, count, args.files_per_day, next_id, rng)
     link_files(full_root, small_root, keep=10)
-    print(f"wrote {next_id:,} events in {time.monotonic() - started:.1f}s under {work}")
+    say(f"wrote {next_id:,} events in {time.monotonic() - started:.1f}s under {work}")
 
     # At ~40 bytes per event in Parquet, 1 MB per million events gives ~40 files.
     max_mb = args.max_file_mb or max(1, args.events // 1_000_000)
@@ -183,13 +192,13 @@ def main(argv: list[str] | None = None) -> None:
     spark.conf.set("spark.databricks.delta.optimize.maxFileSize", str(max_mb * 1024 * 1024))
     full, small = Tables(work / "tables_full"), Tables(work / "tables_small")
     loaded, seconds = full.load(spark, full_root, "full")
-    print(
+    say(
         f"full load: {loaded.rows_read:,} rows from {loaded.files_loaded} files in {seconds:.1f}s "
         f"= {loaded.rows_read / seconds:,.0f} rows/s"
     )
     small_loaded, small_seconds = small.load(spark, small_root, "small")
-    print(f"small load: {small_loaded.rows_read:,} rows in {small_seconds:.1f}s")
-    print(
+    say(f"small load: {small_loaded.rows_read:,} rows in {small_seconds:.1f}s")
+    say(
         f"OPTIMIZE (clustering by event_at, max file {max_mb} MB): "
         f"full {full.optimize(spark):.1f}s, small {small.optimize(spark):.1f}s"
     )
@@ -214,18 +223,22 @@ def main(argv: list[str] | None = None) -> None:
         result, inc_seconds = tables.load(spark, root, f"increment-{name}")
         rows.append((name, table_rows, files_before, result, inc_seconds, touched))
 
-    print()
-    print(
+    say()
+    say(
         f"{'table':<12} {'rows':>10} {'files':>6} {'inc rows':>9} {'inserted':>9} "
         f"{'seconds':>8} {'files to scan':>14}"
     )
     for name, table_rows, files, result, inc_seconds, touched in rows:
-        print(
+        say(
             f"{name:<12} {table_rows:>10,} {files:>6} {result.rows_read:>9,} "
             f"{result.inserted:>9,} {inc_seconds:>8.2f} {touched:>14}"
         )
-    print(f"increment time ratio large/small: {rows[0][4] / rows[1][4]:.2f} (table size ratio 10)")
+    say(f"increment time ratio large/small: {rows[0][4] / rows[1][4]:.2f} (table size ratio 10)")
     spark.stop()
+    append(
+        f"Email events: export files into email_events ({args.events:,} events)",
+        lines,
+    )
     if not args.keep and not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -13,7 +13,7 @@ one bad record is quarantined on its own while the rest of the page loads.
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
     ArrayType,
@@ -29,12 +29,14 @@ from ometria_spark.transforms import (
     CORRUPT_COLUMN,
     ORDER_COLUMN,
     PROBLEM_COLUMN,
+    blank_to_null,
     with_problems,
 )
 
 RAW_COLUMN = "_raw"
 SOURCE_FILE = "_source_file"
 BAD_PAGE = "landed page is not a valid JSON page"
+CORRUPT_PAGE = "_corrupt_page"
 
 PAGE_SCHEMA = StructType(
     [
@@ -85,24 +87,40 @@ def parse_records(df: DataFrame, spec: TableSpec) -> DataFrame:
 def read_records(spark: SparkSession, paths: list[str], spec: TableSpec) -> DataFrame:
     """Landed page files -> one row per record, with its raw columns and ``_problem``.
 
-    Every record row has ``_source_file``, ``_fetch_order`` and the raw columns (see
-    ``page_records``); ``_problem`` says why it cannot load (NULL: loadable) and ``_raw``
-    holds its text when it cannot (NULL otherwise, so a cached frame stays small). A page
+    Every record row has ``_fetch_order`` and the raw columns (see ``page_records``);
+    ``_problem`` says why it cannot load (NULL: loadable), and then ``_raw`` holds its text
+    and ``_source_file`` its page file (both NULL otherwise, so a cached frame stays small,
+    and only the quarantine reads them). A page
     that is not a valid JSON page becomes one row with that ``_problem``, its whole text in
     ``_raw`` and a NULL ``_fetch_order``: ``count(_fetch_order)`` counts the records read.
     One pass over the files yields both.
     """
-    return page_records(read_pages(spark, paths), spec)
+    return page_records(read_pages(spark, paths, spec), spec)
 
 
-def read_pages(spark: SparkSession, paths: list[str]) -> DataFrame:
-    """Whole landed page files -> one row per file: ``_source_file``, ``_text``, ``page``."""
+def page_schema(spec: TableSpec) -> StructType:
+    """A landed page with its records parsed as the table's raw records, and
+    ``_corrupt_page`` (the page's text) when any part of the page does not fit."""
+    fields = [
+        StructField("records", ArrayType(spec.raw_schema)) if f.name == "records" else f
+        for f in PAGE_SCHEMA.fields
+    ]
+    return StructType([*fields, StructField(CORRUPT_PAGE, StringType())])
+
+
+def read_pages(spark: SparkSession, paths: list[str], spec: TableSpec) -> DataFrame:
+    """Whole landed page files -> one row per file: ``_source_file``, ``_text``, ``page``
+    (parsed with ``page_schema``)."""
     text = spark.read.text(paths, wholetext=True).select(
         F.col("_metadata.file_path").alias(SOURCE_FILE), F.col("value").alias("_text")
     )
+    parsed = F.from_json(
+        "_text",
+        page_schema(spec),
+        {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT_PAGE},
+    )
     # Through a generator, so the page is parsed once however many fields are used later.
-    page = F.struct(F.from_json("_text", PAGE_SCHEMA).alias("page"))
-    return text.select(SOURCE_FILE, "_text", F.inline(F.array(page)))
+    return text.select(SOURCE_FILE, "_text", F.inline(F.array(F.struct(parsed.alias("page")))))
 
 
 def page_records(pages: DataFrame, spec: TableSpec) -> DataFrame:
@@ -110,36 +128,103 @@ def page_records(pages: DataFrame, spec: TableSpec) -> DataFrame:
 
     Adds ``_request_update_since`` (profiles' ``updated_at`` fallback) and, for list
     changes, the list id from the request path as the record's ``id``.
+
+    Two paths, one pass. A page whose records all fit the raw schema and all have their
+    required fields (nearly every page) is used as parsed: one JSON parse per page. Any
+    other page is parsed again with its records as text, and each record on its own, so
+    that a bad record is quarantined alone, with its text, while the rest of its page
+    loads.
     """
-    page_ok = F.col("page").isNotNull() & F.col("page.records").isNotNull()
+    list_id = F.col("page.context").getItem("list_id")
+
+    def loadable(record: Column) -> Column:
+        ok = record.isNotNull()
+        for field in spec.required_fields:
+            value = F.coalesce(list_id, record[field]) if field == "id" else record[field]
+            ok = ok & blank_to_null(value).isNotNull()
+        return ok
+
+    fast = (
+        F.col(f"page.{CORRUPT_PAGE}").isNull()
+        & F.col("page.records").isNotNull()
+        & F.forall("page.records", loadable)
+    )
+    # The second parse only for the other pages (CASE WHEN evaluates only its branch),
+    # behind a generator so that it runs once per page.
+    slow = F.when(~F.col("_fast"), F.from_json("_text", PAGE_SCHEMA))
+    staged = pages.select(SOURCE_FILE, "_text", "page", fast.alias("_fast")).select(
+        SOURCE_FILE, "_text", "page", "_fast", F.inline(F.array(F.struct(slow.alias("_slow"))))
+    )
+    slow_ok = F.col("_slow").isNotNull() & F.col("_slow.records").isNotNull()
+    page_ok = F.col("_fast") | slow_ok
+
+    def envelope(field: str) -> Column:
+        return F.when(F.col("_fast"), F.col(f"page.{field}")).otherwise(F.col(f"_slow.{field}"))
+
+    # One array per page to explode: (record as parsed, NULL) from a fast page, (NULL,
+    # record text) from another one.
+    fast_items = F.arrays_zip(
+        F.col("page.records").alias("rec"),
+        F.array_repeat(F.lit(None).cast(StringType()), F.size("page.records")).alias("txt"),
+    )
+    slow_items = F.arrays_zip(
+        F.array_repeat(F.lit(None).cast(spec.raw_schema), F.size("_slow.records")).alias("rec"),
+        F.col("_slow.records").alias("txt"),
+    )
+    items = F.when(F.col("_fast"), fast_items).when(slow_ok, slow_items)
     exploded = (
-        pages.select(
+        staged.select(
             SOURCE_FILE,
             page_ok.alias("_page_ok"),
             F.when(~page_ok, F.col("_text")).alias("_page_text"),
-            F.col("page.request.params").getItem("updateSince").alias(REQUEST_UPDATE_SINCE),
-            F.col("page.context").getItem("list_id").alias("_context_list_id"),
-            F.col("page.fetched_at").alias("_fetched_at"),
-            F.col("page.page").alias("_page_number"),
+            envelope("request.params").getItem("updateSince").alias(REQUEST_UPDATE_SINCE),
+            envelope("context").getItem("list_id").alias("_context_list_id"),
+            envelope("fetched_at").alias("_fetched_at"),
+            envelope("page").alias("_page_number"),
             # _outer: an unreadable page still yields a row (NULL pos), to be quarantined.
-            F.posexplode_outer("page.records").alias("_pos", RAW_COLUMN),
+            F.posexplode_outer(items).alias("_pos", "_item"),
         )
         # A valid page without records (the empty last page of a pull) yields nothing.
         .where(F.col("_pos").isNotNull() | ~F.col("_page_ok"))
-        .withColumn(
-            ORDER_COLUMN,
-            F.when(
-                F.col("_page_ok"),
-                F.struct(
-                    F.col("_fetched_at").alias("fetched_at"),
-                    F.col("_page_number").alias("page"),
-                    F.col("_pos").cast(LongType()).alias("pos"),
-                ),
-            ),
-        )
-        .drop("_fetched_at", "_page_number", "_pos")
     )
-    records = parse_records(exploded, spec)
+    text = F.col("_item.txt")
+    # Only the records of the other pages are parsed here (NULL text: no parse).
+    parsed = F.when(
+        text.isNotNull(),
+        F.from_json(
+            text,
+            StructType([*spec.raw_schema.fields, StructField(CORRUPT_COLUMN, StringType())]),
+            {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT_COLUMN},
+        ),
+    )
+    # A JSON scalar or array element (not an object) parses to all-NULL: flag it too.
+    corrupt = F.when(
+        text.isNotNull(),
+        F.when(F.ltrim(text).startswith("{"), parsed[CORRUPT_COLUMN]).otherwise(text),
+    )
+    fields = [
+        F.when(text.isNull(), F.col("_item.rec")[f.name]).otherwise(parsed[f.name]).alias(f.name)
+        for f in spec.raw_schema.fields
+    ]
+    order = F.when(
+        F.col("_page_ok"),
+        F.struct(
+            F.col("_fetched_at").alias("fetched_at"),
+            F.col("_page_number").alias("page"),
+            F.col("_pos").cast(LongType()).alias("pos"),
+        ),
+    )
+    records = exploded.select(
+        SOURCE_FILE,
+        "_page_ok",
+        "_page_text",
+        REQUEST_UPDATE_SINCE,
+        "_context_list_id",
+        order.alias(ORDER_COLUMN),
+        text.alias(RAW_COLUMN),
+        *fields,
+        corrupt.alias(CORRUPT_COLUMN),
+    )
     if "id" in records.columns:
         records = records.withColumn("id", F.coalesce(F.col("_context_list_id"), F.col("id")))
     records = records.transform(with_problems(spec))
@@ -150,5 +235,6 @@ def page_records(pages: DataFrame, spec: TableSpec) -> DataFrame:
     return (
         records.withColumn(PROBLEM_COLUMN, problem)
         .withColumn(RAW_COLUMN, raw)
+        .withColumn(SOURCE_FILE, F.when(problem.isNotNull(), F.col(SOURCE_FILE)))
         .drop("_context_list_id", "_page_ok", "_page_text")
     )

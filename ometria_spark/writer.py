@@ -156,7 +156,11 @@ def merge_into(
     target (``t.``) that narrows the files the MERGE reads. Concurrent-write conflicts are
     retried; MERGE is idempotent, so a retry cannot duplicate rows.
     """
-    source = source.transform(latest_per_key()).transform(finalize(spec))
+    # De-duplicating sorts every row by key; checking for a repeated key only shuffles the
+    # keys, and a pull or an export rarely repeats one.
+    if _has_repeated_keys(source):
+        source = source.transform(latest_per_key())
+    source = source.transform(finalize(spec))
     validate_columns(source, spec)
     table = ensure_table(spark, spec, ref)
     condition = F.col(f"t.{KEY_COLUMN}") == F.col(f"s.{KEY_COLUMN}")
@@ -177,7 +181,7 @@ def _upsert(
     table: DeltaTable, source: DataFrame, spec: TableSpec, condition: Column
 ) -> MergeMetrics:
     done = MergeMetrics(0, 0, 0)
-    if _has_no_files(table):
+    if _never_written(table):
         # A first load. An upsert in which no source row matches a target row inserts every
         # source row and nothing else; an insert-only MERGE does just that, without the
         # full MERGE's materialized source, second join and outer join. Its own commit
@@ -191,21 +195,25 @@ def _upsert(
         done = inserted
     # Rows equal to the table's already are dropped before the MERGE: Delta rewrites every
     # file holding a matched row even when the update's condition keeps the row as it is,
-    # and a batch with nothing new (the hourly re-read) then commits nothing at all. Cached,
-    # so that the check and the MERGE do not each recompute the source and the join.
-    changes = _changed_rows(table, source, spec, condition).cache()
+    # and a batch with nothing new (the hourly re-read) then commits nothing at all. Kept
+    # (a local checkpoint: a plain RDD to the MERGE), so that the check and the MERGE do
+    # not each recompute the source and the join.
+    changes = _changed_rows(table, source, spec, condition).localCheckpoint(eager=True)
     try:
-        if changes.count() == 0:
+        if changes.isEmpty():
             return done
+        # Every matched row of `changes` differs from the table's (the join above), so the
+        # update needs no condition of its own; one that compares every column costs the
+        # MERGE about 3x (it makes each of its joins read and compare all columns).
         merged = merge_metrics(
             table.alias("t")
             .merge(changes.alias("s"), condition)
-            .whenMatchedUpdateAll(condition=changed(spec))
+            .whenMatchedUpdateAll()
             .whenNotMatchedInsertAll()
             .execute()
         )
     finally:
-        changes.unpersist()
+        _release(changes)
     return MergeMetrics(
         affected=done.affected + merged.affected,
         inserted=done.inserted + merged.inserted,
@@ -232,9 +240,24 @@ def _changed_rows(
     return source.join(same, KEY_COLUMN, "left_anti")
 
 
-def _has_no_files(table: DeltaTable) -> bool:
-    detail = table.detail().select("numFiles").first()
-    return detail is not None and int(detail["numFiles"] or 0) == 0
+def _release(checkpointed: DataFrame) -> None:
+    """Free a local checkpoint's blocks now rather than when the JVM collects them."""
+    try:
+        checkpointed._jdf.queryExecution().analyzed().rdd().unpersist(False)
+    except Exception:  # a plan of another shape: Spark's cleaner frees it later anyway
+        log.debug("could not unpersist a local checkpoint", exc_info=True)
+
+
+def _has_repeated_keys(source: DataFrame) -> bool:
+    repeated = source.groupBy(KEY_COLUMN).count().where(F.col("count") > 1)
+    return repeated.limit(1).count() > 0
+
+
+def _never_written(table: DeltaTable) -> bool:
+    """True when the table's only commit is its creation (ours creates it empty). One
+    commit of history: cheaper than DESCRIBE DETAIL, which computes the table's state."""
+    last = table.history(1).select("version", "operation").first()
+    return last is not None and last["version"] == 0 and last["operation"] == "CREATE TABLE"
 
 
 def _last_merge_inserted_all(table: DeltaTable) -> bool:

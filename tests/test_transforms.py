@@ -10,7 +10,7 @@ import hashlib
 from datetime import UTC, date, datetime
 from typing import Any
 
-from chispa import assert_df_equality
+from chispa import assert_column_equality, assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -28,6 +28,8 @@ from ometria_spark.transforms import (
     PROBLEM_COLUMN,
     finalize,
     latest_per_key,
+    parse_date,
+    parse_timestamp,
     split_loadable,
     to_target,
     with_problems,
@@ -371,3 +373,47 @@ def test_unsubscribes(spark: SparkSession) -> None:
     )
     assert [reason for reason, _ in quarantined] == ["missing required field 'profile_id'"]
     assert bad_values(prepared, "unsubscribe_id") == {k3: ["event_at"]}
+
+
+def test_parse_timestamp_and_date_take_the_api_shapes_only(spark: SparkSession) -> None:
+    """Ometria's shapes parse (any case, with fractions and offsets); the other shapes a
+    plain cast to TIMESTAMP would take (a bare year, single digits, a bare time, a zone
+    name, 7 fraction digits, a time without seconds) and impossible dates are NULL."""
+    cases: list[tuple[str | None, datetime | None]] = [
+        ("2015-11-03T11:48:10+00:00", ts(2015, 11, 3, 11, 48, 10)),
+        ("2017-05-17 22:08:07+00", ts(2017, 5, 17, 22, 8, 7)),
+        ("2026-01-01 10:11:12", ts(2026, 1, 1, 10, 11, 12)),
+        ("2026-01-01", ts(2026, 1, 1)),
+        ("2026-01-01T10:11:12Z", ts(2026, 1, 1, 10, 11, 12)),
+        ("2026-01-01t10:11:12z", ts(2026, 1, 1, 10, 11, 12)),
+        (" 2026-01-01 10:11:12 ", ts(2026, 1, 1, 10, 11, 12)),
+        ("2020-02-29T23:59:59.5+01:00", datetime(2020, 2, 29, 22, 59, 59, 500000, tzinfo=UTC)),
+        ("2026-01-01T10:11:12.000001", datetime(2026, 1, 1, 10, 11, 12, 1, tzinfo=UTC)),
+        ("2026-01-01 10:11:12+0530", ts(2026, 1, 1, 4, 41, 12)),
+        ("2026-01-01T10:11:12-08:00", ts(2026, 1, 1, 18, 11, 12)),
+        ("2026-01-01T10:11:12+05", ts(2026, 1, 1, 5, 11, 12)),
+        ("2026-01-01T00:00:00+18:01", None),
+        ("2020-02-29T23:59:59.1234567+01:00", None),
+        ("2026-02-30", None),
+        ("2026-01-01 24:00:00", None),
+        ("2026", None),
+        ("2026-01", None),
+        ("2026-1-1", None),
+        ("10:11:12", None),
+        ("2026-01-01T10:11", None),
+        ("2026-01-01 10:11:12 UTC", None),
+        ("2026-01-01 10:11:12.", None),
+        ("+2026-01-01", None),
+        ("31/02/1990", None),
+        ("", None),
+        (None, None),
+    ]
+    df = spark.createDataFrame(cases, "text string, want timestamp").select(
+        "text",
+        parse_timestamp(F.col("text")).alias("got"),
+        "want",
+        parse_date(F.col("text")).alias("got_date"),
+        F.to_date("want").alias("want_date"),
+    )
+    assert_column_equality(df, "got", "want")
+    assert_column_equality(df, "got_date", "want_date")

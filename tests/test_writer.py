@@ -11,6 +11,7 @@ from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from ometria_spark import writer
 from ometria_spark.tables import LISTS
 from ometria_spark.transforms import ORDER_COLUMN
 from ometria_spark.writer import MergeMetrics, TableRef, merge_into
@@ -108,3 +109,56 @@ def test_existing_table_with_other_columns_fails_loudly(
     spark.createDataFrame([("L1",)], "list_id string").write.format("delta").save(path)
     with pytest.raises(ValueError, match=r"lists: columns do not match the spec; missing \["):
         merge_into(spark, frame(spark, [row("L1", "x", T1)]), LISTS, TableRef(path, True))
+
+
+def test_first_load_is_an_insert_and_an_update_writes_deletion_vectors(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    path = tmp_path / "lists"
+    ref = TableRef(str(path), is_path=True)
+    first = [row(f"L{i}", "title", T1) for i in range(40)]
+    # Several files, so that a rewrite of the one holding L7 would show.
+    assert merge_into(spark, frame(spark, first).repartition(4), LISTS, ref) == MergeMetrics(
+        40, 40, 0
+    )
+    detail = spark.sql(f"DESCRIBE DETAIL delta.`{path}`").first()
+    assert detail is not None
+    assert detail["properties"]["delta.enableDeletionVectors"] == "true"
+    assert detail["properties"]["delta.dataSkippingStatsColumns"] == (
+        "__sync_key,created_at,updated_at,__synced_at"
+    )
+    files_before = detail["numFiles"]
+    assert files_before > 1
+
+    second = [row("L7", "new title", T2), row("L99", "new list", T2)]
+    assert merge_into(spark, frame(spark, second), LISTS, ref) == MergeMetrics(2, 1, 1)
+    want = [row(f"L{i}", "title", T1) for i in range(40) if i != 7] + second
+    assert_df_equality(table(spark, path), frame(spark, want),
+                       ignore_row_order=True, ignore_nullable=True)  # fmt: skip
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{path}`").orderBy("version").collect()
+    assert [h["operation"] for h in history] == ["CREATE TABLE", "MERGE", "MERGE"]
+    load, update = history[1]["operationMetrics"], history[2]["operationMetrics"]
+    # The first load found nothing to match: an insert-only MERGE of every source row.
+    assert (load["numSourceRows"], load["numTargetRowsInserted"]) == ("40", "40")
+    assert "numTargetRowsUpdated" not in load or load["numTargetRowsUpdated"] == "0"
+    # The update marked L7's old row in a deletion vector instead of rewriting its file.
+    assert update["numTargetDeletionVectorsAdded"] == "1"
+    assert update["numTargetFilesRemoved"] == "0"
+    assert update["numTargetRowsCopied"] == "0"
+
+
+def test_insert_first_falls_back_to_the_upsert_when_rows_matched(
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the table gained rows between the check and the insert, the insert-only MERGE
+    skips the matched rows; the upsert that follows updates them, as one MERGE would."""
+    path = tmp_path / "lists"
+    ref = TableRef(str(path), is_path=True)
+    merge_into(spark, frame(spark, [row("L1", "old", T1), row("L2", "same", T1)]), LISTS, ref)
+    monkeypatch.setattr(writer, "_never_written", lambda table: True)
+
+    batch = [row("L1", "changed", T2), row("L2", "same", T2), row("L3", "new", T2)]
+    assert merge_into(spark, frame(spark, batch), LISTS, ref) == MergeMetrics(2, 1, 1)
+    want = [row("L1", "changed", T2), row("L2", "same", T1), row("L3", "new", T2)]
+    assert_df_equality(table(spark, path), frame(spark, want),
+                       ignore_row_order=True, ignore_nullable=True)  # fmt: skip
