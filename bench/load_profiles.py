@@ -85,8 +85,8 @@ def page_files(landing: Landing, plan: Plan) -> list[str]:
     return landing.page_paths(plan)
 
 
-def read_floor(spark: SparkSession, paths: list[str]) -> float:
-    """Seconds for Spark to read the page files with the records' full schema (noop sink)."""
+def read_floor(spark: SparkSession, paths: list[str]) -> None:
+    """Spark reads the page files with the records' full schema, into the noop sink."""
     records = StructType(PROFILES.raw_schema.fields)
     schema = StructType(
         [
@@ -94,9 +94,7 @@ def read_floor(spark: SparkSession, paths: list[str]) -> float:
             for f in PAGE_SCHEMA.fields
         ]
     )
-    started = time.monotonic()
     spark.read.schema(schema).json(paths).write.format("noop").mode("overwrite").save()
-    return time.monotonic() - started
 
 
 def land_subset(landing: Landing, run_id: str, profiles: list[dict[str, Any]]) -> Plan:
@@ -143,31 +141,72 @@ def last_operation(spark: SparkSession, location: str) -> str:
     return f"{row['operation']} v{row['version']}: {shown}"
 
 
-class Timer:
-    """Times phases; optionally profiles the driver with pyinstrument."""
+@dataclass(frozen=True)
+class Spent:
+    """A phase's wall seconds, and the CPU seconds the JVM used meanwhile (on Linux; less
+    disturbed than wall time by other processes on a shared machine; 0 if unknown)."""
 
-    def __init__(self, profile_dir: Path | None) -> None:
+    wall: float
+    cpu: float
+
+
+class Clock:
+    """Measures phases: wall time and the Spark JVM's CPU time."""
+
+    def __init__(self, spark: SparkSession) -> None:
+        jvm = spark.sparkContext._jvm
+        assert jvm is not None
+        self._stat = Path(f"/proc/{jvm.java.lang.ProcessHandle.current().pid()}/stat")
+
+    def _cpu(self) -> float:
+        try:
+            fields = self._stat.read_text(encoding="ascii").rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def start(self) -> tuple[float, float]:
+        return time.monotonic(), self._cpu()
+
+    def since(self, mark: tuple[float, float]) -> Spent:
+        return Spent(time.monotonic() - mark[0], self._cpu() - mark[1])
+
+
+class Timer:
+    """Times ``merge_pull`` runs; optionally profiles the driver with pyinstrument."""
+
+    def __init__(self, clock: Clock, profile_dir: Path | None) -> None:
+        self.clock = clock
         self.profile_dir = profile_dir
 
     def merge(
         self, spark: SparkSession, name: str, target: Target, landing: Landing, plan: Plan
-    ) -> tuple[MergeCounts, float]:
+    ) -> tuple[MergeCounts, Spent]:
         profiler = None
         if self.profile_dir is not None:
             from pyinstrument import Profiler
 
             profiler = Profiler(interval=0.005)
             profiler.start()
-        started = time.monotonic()
+        mark = self.clock.start()
         counts = merge_pull(spark, target.config, target.state, landing, plan)
-        seconds = time.monotonic() - started
+        spent = self.clock.since(mark)
         if profiler is not None and self.profile_dir is not None:
             profiler.stop()
             out = self.profile_dir / f"{name}.txt"
             out.write_text(profiler.output_text(unicode=False, color=False), encoding="utf-8")
             print(f"  driver profile: {out}")
-        print(f"  {name}: {last_operation(spark, target.location)}")
-        return counts, seconds
+        print(f"  {name} ({spent.wall:.1f}s): {last_operation(spark, target.location)}")
+        return counts, spent
+
+    def floor(self, spark: SparkSession, paths: list[str]) -> Spent:
+        """The better of two reads (the second finds the files in the OS cache)."""
+        runs = []
+        for _ in range(2):
+            mark = self.clock.start()
+            read_floor(spark, paths)
+            runs.append(self.clock.since(mark))
+        return min(runs, key=lambda spent: spent.wall)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -180,11 +219,17 @@ def main(argv: list[str] | None = None) -> None:
         "--profile", action="store_true", help="pyinstrument the driver during each MERGE"
     )
     parser.add_argument("--no-record", action="store_true", help="do not append to results.md")
+    parser.add_argument(
+        "--conf",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra Spark setting for the session (repeatable), to compare session options",
+    )
     args = parser.parse_args(argv)
     n = args.profiles
     work = Path(args.workdir or tempfile.mkdtemp(prefix="load-profiles-bench-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    timer = Timer(work if args.profile else None)
     rng = random.Random(1234)
     os.environ["OMETRIA_BENCH_KEY"] = KEY
 
@@ -192,9 +237,12 @@ def main(argv: list[str] | None = None) -> None:
     ds = Dataset.generate(seed=5, profiles=n, lists=1)
     print(f"generated {n:,} profiles in {time.monotonic() - started:.1f}s under {work}")
     server = EmulatorServer(ds, api_key=KEY).start()
+    extra = dict(item.split("=", 1) for item in args.conf)
     spark = get_spark(
-        "load-profiles-bench", extra_conf={"spark.sql.warehouse.dir": str(work / "warehouse")}
+        "load-profiles-bench",
+        extra_conf={"spark.sql.warehouse.dir": str(work / "warehouse"), **extra},
     )
+    timer = Timer(Clock(spark), work if args.profile else None)
     client = OmetriaClient(server.url, KEY, page_size=PAGE_SIZE, throttle=Throttle(1e9))
     full = make_target(spark, work, "full", server.url)
     small = make_target(spark, work, "small", server.url)
@@ -213,11 +261,9 @@ def main(argv: list[str] | None = None) -> None:
     paths = page_files(landing, plan)
     print(f"landed {len(paths):,} pages in {fetch_full:.1f}s")
 
-    floor_full = read_floor(spark, paths)
-    floor_full = min(floor_full, read_floor(spark, paths))  # second read: warm file cache
-    print(f"read floor: {floor_full:.1f}s")
+    floor_full = timer.floor(spark, paths)
+    print(f"read floor: {floor_full.wall:.1f}s")
     loaded, load_full = timer.merge(spark, "load_full", full, landing, plan)
-    print(f"full load: {loaded.inserted:,} inserted in {load_full:.1f}s")
 
     # The changed 1%, and a 10x smaller table holding them (as they were) and others.
     changed = sorted(rng.sample(range(n), max(1, n // 100)))
@@ -231,8 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     warm_plan = land_subset(warm_landing, "warm", [ds.profiles[i] for i in changed[:1000]])
     merge_pull(spark, warm.config, warm.state, warm_landing, warm_plan)
     small_plan = land_subset(small_landing, "small", [ds.profiles[i] for i in subset])
-    _, load_small = timer.merge(spark, "load_small", small, small_landing, small_plan)
-    print(f"small table: {len(subset):,} profiles loaded in {load_small:.1f}s")
+    timer.merge(spark, "load_small", small, small_landing, small_plan)
 
     change_profiles(ds, changed, rng)
     cursors = full.state.cursors("profiles")
@@ -244,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     land(inc_plan, client, landing)
     fetch_inc = time.monotonic() - started
     inc_paths = page_files(landing, inc_plan)
-    floor_inc = min(read_floor(spark, inc_paths), read_floor(spark, inc_paths))
+    floor_inc = timer.floor(spark, inc_paths)
     # The same landed increment for the small table.
     shutil.copytree(
         landing.folder("profiles", inc_plan.run_id),
@@ -262,29 +307,39 @@ def main(argv: list[str] | None = None) -> None:
     server.stop()
     client.close()
 
-    def line(phase: str, rows: int, seconds: float, floor: float | None) -> str:
-        ratio = f"{seconds / floor:>6.2f}" if floor else f"{'':>6}"
-        return f"{phase:<34} {rows:>10,} {seconds:>8.2f} {rows / seconds:>10,.0f} {ratio}"
+    def line(phase: str, rows: int, spent: Spent | float, floor: Spent | None = None) -> str:
+        """A table row; a float is wall time only (phases outside Spark)."""
+        if not isinstance(spent, Spent):
+            return f"{phase:<32} {rows:>10,} {spent:>8.2f} {rows / spent:>9,.0f}"
+        text = f"{phase:<32} {rows:>10,} {spent.wall:>8.2f} {rows / spent.wall:>9,.0f}"
+        text += f" {spent.cpu:>7.1f}"
+        if floor is not None:
+            cpu_ratio = spent.cpu / floor.cpu if floor.cpu else 0.0
+            text += f" {spent.wall / floor.wall:>6.2f} {cpu_ratio:>6.2f}"
+        return text
 
+    inc_rows = inc_full_counts.records_read
     lines = [
-        f"{'phase':<34} {'rows':>10} {'seconds':>8} {'rows/s':>10} {'/floor':>6}",
-        line("fetch + land full pull (HTTP)", n, fetch_full, None),
+        f"{'phase':<32} {'rows':>10} {'wall s':>8} {'rows/s':>9} {'cpu s':>7} "
+        f"{'/floor':>6} {'(cpu)':>6}",
+        line("fetch + land full pull (HTTP)", n, fetch_full),
         line("read floor (noop)", n, floor_full, floor_full),
         line("load into empty table", loaded.records_read, load_full, floor_full),
-        line("fetch + load (no JVM start)", loaded.records_read, fetch_full + load_full, None),
-        line("fetch + land 1% increment", inc_full_counts.records_read, fetch_inc, None),
-        line("increment read floor (noop)", inc_full_counts.records_read, floor_inc, floor_inc),
-        line(f"increment into {n:,}", inc_full_counts.records_read, inc_full, floor_inc),
+        line("fetch + load (no JVM start)", loaded.records_read, fetch_full + load_full.wall),
+        line("fetch + land 1% increment", inc_rows, fetch_inc),
+        line("increment read floor (noop)", inc_rows, floor_inc, floor_inc),
+        line(f"increment into {n:,}", inc_rows, inc_full, floor_inc),
         line(
             f"increment into {len(subset):,}", inc_small_counts.records_read, inc_small, floor_inc
         ),
-        f"increment large/small: {inc_full / inc_small:.2f} (table size ratio "
+        f"increment large/small: wall {inc_full.wall / inc_small.wall:.2f}, cpu "
+        f"{inc_full.cpu / inc_small.cpu if inc_small.cpu else 0:.2f} (table size ratio "
         f"{n / len(subset):.0f}); updated {inc_full_counts.updated:,} / "
         f"{inc_small_counts.updated:,}, inserted {inc_full_counts.inserted:,} / "
         f"{inc_small_counts.inserted:,}",
         f"files: full table {table_files(spark, full.location)}, small table "
         f"{table_files(spark, small.location)}; pages: full {len(paths):,}, increment "
-        f"{len(inc_paths):,}",
+        f"{len(inc_paths):,}; cpu s: the Spark JVM's",
     ]
     print()
     print("\n".join(lines))

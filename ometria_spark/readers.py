@@ -6,9 +6,11 @@ A landed page is one JSON object per file, written by ``landing.py``::
      "request": {"endpoint": "/profiles", "params": {...}}, "context": {"list_id": "..."},
      "records": [ ...exactly as the API returned them... ]}
 
-Pages are read as whole-file text and parsed with an explicit schema (never inference).
-Records are first taken as raw JSON text, then parsed with the table's raw schema, so that
-one bad record is quarantined on its own while the rest of the page loads.
+Pages are read as whole-file text and parsed with an explicit schema (never inference):
+the records as the table's raw records, in one parse per page. A page where that does not
+fit, or that holds a record without its required fields, is parsed again with its records
+as JSON text, each then parsed on its own, so that one bad record is quarantined alone
+(with its text) while the rest of the page loads.
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ PAGE_SCHEMA = StructType(
 
 
 def parse_records(df: DataFrame, spec: TableSpec) -> DataFrame:
-    """Parse ``_raw`` (one record's JSON text) into the table's raw columns.
+    """Parse ``_raw`` (one record's JSON text) into the table's raw columns (records that
+    do not come in landed pages: the tests' raw records).
 
     A record that is not a JSON object, or has a scalar where an object belongs, keeps its
     text in ``_corrupt_record``. Other columns of ``df`` are kept.
@@ -89,11 +92,10 @@ def read_records(spark: SparkSession, paths: list[str], spec: TableSpec) -> Data
 
     Every record row has ``_fetch_order`` and the raw columns (see ``page_records``);
     ``_problem`` says why it cannot load (NULL: loadable), and then ``_raw`` holds its text
-    and ``_source_file`` its page file (both NULL otherwise, so a cached frame stays small,
-    and only the quarantine reads them). A page
-    that is not a valid JSON page becomes one row with that ``_problem``, its whole text in
-    ``_raw`` and a NULL ``_fetch_order``: ``count(_fetch_order)`` counts the records read.
-    One pass over the files yields both.
+    and ``_source_file`` its page file (both NULL otherwise: only the quarantine reads
+    them, and a kept frame stays small). A page that is not a valid JSON page becomes one
+    row with that ``_problem``, its whole text in ``_raw`` and a NULL ``_fetch_order``:
+    ``count(_fetch_order)`` counts the records read. One pass over the files yields both.
     """
     return page_records(read_pages(spark, paths, spec), spec)
 
@@ -235,6 +237,6 @@ def page_records(pages: DataFrame, spec: TableSpec) -> DataFrame:
     return (
         records.withColumn(PROBLEM_COLUMN, problem)
         .withColumn(RAW_COLUMN, raw)
-        .withColumn(SOURCE_FILE, F.when(problem.isNotNull(), F.col(SOURCE_FILE)))
+        .withColumn(SOURCE_FILE, F.when(F.col(PROBLEM_COLUMN).isNotNull(), F.col(SOURCE_FILE)))
         .drop("_context_list_id", "_page_ok", "_page_text")
     )

@@ -20,10 +20,12 @@ from pyspark.sql.types import (
 )
 
 KEY_COLUMN = "__sync_key"
-DATA_TABLE_PROPERTIES: dict[str, str] = {"delta.enableDeletionVectors": "true"}
 SYNCED_AT = "__synced_at"
 ACCOUNT_ID = "_account_id"
 SOURCE_ID = "__source_id"
+
+# Delta table properties of every new data table (see ``TableSpec.properties``).
+DATA_TABLE_PROPERTIES: dict[str, str] = {"delta.enableDeletionVectors": "true"}
 
 
 @dataclass(frozen=True)

@@ -193,11 +193,11 @@ def _upsert(
         if _last_merge_inserted_all(table):
             return inserted
         done = inserted
-    # Rows equal to the table's already are dropped before the MERGE: Delta rewrites every
-    # file holding a matched row even when the update's condition keeps the row as it is,
-    # and a batch with nothing new (the hourly re-read) then commits nothing at all. Kept
-    # (a local checkpoint: a plain RDD to the MERGE), so that the check and the MERGE do
-    # not each recompute the source and the join.
+    # Rows equal to the table's already are dropped before the MERGE: they are not
+    # rewritten (their __synced_at stays), Delta does not touch the files holding them, and
+    # a batch with nothing new (the hourly re-read) commits nothing at all. Kept (a local
+    # checkpoint: a plain RDD to the MERGE), so that the check and the MERGE do not each
+    # recompute the source and the join.
     changes = _changed_rows(table, source, spec, condition).localCheckpoint(eager=True)
     try:
         if changes.isEmpty():
