@@ -70,8 +70,9 @@ class Throttle:
         self._lock = threading.Lock()
         self._next_start = 0.0
 
-    def wait(self) -> None:
-        """Block until this caller may start its request."""
+    def wait(self) -> float:
+        """Block until this caller may start its request; return the booked start
+        (``time.monotonic()``), never later than the return itself."""
         with self._lock:
             now = time.monotonic()
             start = max(now, self._next_start)
@@ -80,6 +81,7 @@ class Throttle:
             self._next_start = start + self._interval
         if start > now:
             time.sleep(start - now)
+        return start
 
     def __repr__(self) -> str:
         return f"Throttle(requests_per_second={self.requests_per_second})"
