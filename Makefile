@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup jars test lint unit demo bench clean
+.PHONY: setup jars test lint unit demo bench chaos clean
 
 setup: $(STAMP) jars
 
@@ -44,6 +44,13 @@ bench: setup $(BENCH_STAMP)
 	$(PY) bench/small_run.py
 	$(PY) bench/peer_dlt.py
 	$(PY) bench/email_events.py --events 1000000
+
+# Randomised kills and API faults against the job, every table checked (not in `make test`);
+# prints the figures and appends them to tests/reliability/chaos-results.md.
+CHAOS_RUNS ?= 50
+CHAOS_SEED ?= 1
+chaos: setup
+	$(PY) -m tests.reliability.chaos --runs $(CHAOS_RUNS) --seed $(CHAOS_SEED)
 
 clean:
 	rm -rf $(VENV) warehouse demo-data spark-warehouse metastore_db derby.log

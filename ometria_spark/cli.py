@@ -116,6 +116,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ometria-sync: {exc}", file=sys.stderr)
         return 2
 
+    from ometria_spark import writer
+
+    # This process's session ends with it: names in an in-memory catalog would die unseen.
+    if spark.conf.get("spark.sql.catalogImplementation", "in-memory") == "in-memory":
+        writer.REGISTER_NAMES = False
+
     def progress(stream: str, pages: int, records: int) -> None:
         if pages % 20 == 0:
             log.info("%s: %d pages, %d records fetched", stream, pages, records)

@@ -135,6 +135,9 @@ class OmetriaClient:
         backoff_max: float = 30.0,
         throttle: Throttle | None = None,
     ) -> None:
+        # Secret stores and env files often keep a final newline; requests would refuse
+        # that header with an error quoting its value, the key.
+        api_key = api_key.strip()
         if not api_key:
             raise OmetriaError("the Ometria API key is empty")
         if page_size < 1:
@@ -191,8 +194,8 @@ class OmetriaClient:
 
     def list_change_pages(self, list_id: str, since: str, start_offset: int = 0) -> Iterator[Page]:
         """Yield pages of ``GET /lists/{list_id}/changes?since=...``."""
-        # Paging here is undocumented; limit/offset are sent anyway and the paging guards
-        # stop cleanly if the server ignores them.
+        # Paging here is undocumented; limit/offset are sent anyway. A server that ignores
+        # limit is read in one page; one that ignores offset fails the request.
         endpoint = f"/lists/{quote(list_id, safe='')}/changes"
         return self._paged(endpoint, {"since": since}, start_offset)
 
@@ -212,13 +215,12 @@ class OmetriaClient:
             params = {**base_params, "limit": str(self.page_size), "offset": str(offset)}
             records, fetched_at = self._get_array(endpoint, params)
             if previous is not None and records == previous:
-                logger.warning(
-                    "%s returned the same records at offset %d as the page before: "
-                    "the server ignores offset; stopping",
-                    endpoint,
-                    offset,
+                # Stopping here "cleanly" would pass a part of the data off as all of it (and
+                # the cursor would then move past the rest): the request fails instead.
+                raise ApiError(
+                    f"{endpoint} ignores offset: the page at offset {offset} repeats the page "
+                    f"before it, so the records after offset {offset} cannot be fetched"
                 )
-                return
             yield Page(endpoint, params, records, fetched_at, page_number, offset)
             if len(records) > self.page_size:
                 logger.warning(

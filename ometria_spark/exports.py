@@ -42,6 +42,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
+from ometria_spark.crash import crash_later, crash_point
 from ometria_spark.state import LOADED_FILES_TABLE, StateStore
 from ometria_spark.tables import EMAIL_EVENTS
 from ometria_spark.transforms import (
@@ -392,6 +393,7 @@ def read_export_files(spark: SparkSession, files: Sequence[ExportFile], fmt: str
 
     rejected: list[tuple[str, str]] = []
     groups: dict[tuple[str, ...], list[ExportFile]] = {}
+    empty: list[ExportFile] = []
     # One small read per file, dominated by latency on S3: done a few at a time (py4j
     # serves each Python thread on its own connection).
     with ThreadPoolExecutor(max_workers=_HEADER_THREADS) as pool:
@@ -400,8 +402,8 @@ def read_export_files(spark: SparkSession, files: Sequence[ExportFile], fmt: str
         if error is not None:
             rejected.append((f.path, f"cannot read the header line: {error}"))
             continue
-        if line is None:
-            rejected.append((f.path, "empty file: no CSV header line"))
+        if line is None:  # no header and no events: nothing to load, nothing to lose
+            empty.append(f)
             continue
         header = parse_header(line)
         missing = [name for name in REQUIRED_FIELDS if name not in header]
@@ -416,7 +418,7 @@ def read_export_files(spark: SparkSession, files: Sequence[ExportFile], fmt: str
             continue
         groups.setdefault(tuple(header), []).append(f)
     if not groups:
-        return ExportRead(None, [], rejected)
+        return ExportRead(None, empty, rejected)
     frames = [
         _read_csv_group(spark, [f.path for f in group], header) for header, group in groups.items()
     ]
@@ -424,7 +426,7 @@ def read_export_files(spark: SparkSession, files: Sequence[ExportFile], fmt: str
     for frame in frames[1:]:
         records = records.unionByName(frame)
     readable = [f for group in groups.values() for f in group]
-    return ExportRead(_with_file_columns(spark, records, readable), readable, rejected)
+    return ExportRead(_with_file_columns(spark, records, readable), readable + empty, rejected)
 
 
 def _count_alone(spark: SparkSession, f: ExportFile, fmt: str) -> str | None:
@@ -607,7 +609,12 @@ def load_email_events(
                 synced_at=synced_at,
             )
             # Only now, after the MERGE committed, are the files recorded as loaded.
+            crash_point("exports:merged")
             per_file = [(f, int(stats.get(f.path, {}).get("rows", 0))) for f in readable]
+            record_loaded(spark, loaded_files, per_file, run_id=run_id, loaded_at=datetime.now(UTC))
+            result.files_loaded = len(readable)
+        elif readable:  # only empty files: nothing to merge; recorded so they are not read again
+            per_file = [(f, 0) for f in readable]
             record_loaded(spark, loaded_files, per_file, run_id=run_id, loaded_at=datetime.now(UTC))
             result.files_loaded = len(readable)
     finally:
@@ -662,6 +669,7 @@ def _load_batch(
     low = None if summary["low"] is None else _micros_to_datetime(int(summary["low"]))
     high = None if summary["high"] is None else _micros_to_datetime(int(summary["high"]))
     prune = event_time_prune(low, high, has_null=bool(summary["no_time"]))
+    crash_later("exports:merging")
     metrics = merge_into(spark, prepared, EMAIL_EVENTS, table, prune=prune)
     result.inserted = metrics.inserted
     result.updated = metrics.updated

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 from ometria_spark.client import NotFoundError, OmetriaClient, Page
+from ometria_spark.crash import crash_point
 from ometria_spark.landing import MAX_DIGESTS, Landing, Plan, Request
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,9 @@ def make_plan(
     window_days: int,
     now: datetime,
 ) -> Plan:
-    """The requests of one pull of ``stream`` given its committed cursors."""
+    """The requests of one pull of ``stream`` given its committed cursors (kept in the plan:
+    a resumed pull is checked against the cursors committed by then)."""
+    planned = dict(cursors)
     if stream == "profiles":
         cursor = cursors.get("")
         args = {}
@@ -58,9 +61,9 @@ def make_plan(
             args["update_since"] = start_point(
                 cursor, lookback_minutes=lookback_minutes, start_date=start_date
             )
-        return Plan(stream, run_id, page_size, (Request("profiles", args),), cursor_before=cursor)
+        return Plan(stream, run_id, page_size, (Request("profiles", args),), cursor, planned)
     if stream == "lists":
-        return Plan(stream, run_id, page_size, (Request("lists", {"mode": "all"}),))
+        return Plan(stream, run_id, page_size, (Request("lists", {"mode": "all"}),), None, planned)
     if stream == "member_lists":
         list_ids = [
             str(r["id"]) for p in client.list_pages(mode="all") for r in p.records if r.get("id")
@@ -79,7 +82,7 @@ def make_plan(
             )
             for list_id in sorted(set(list_ids))
         )
-        return Plan(stream, run_id, page_size, requests)
+        return Plan(stream, run_id, page_size, requests, None, planned)
     if stream == "unsubscribes":
         cursor = cursors.get("")
         since = parse_api_time(
@@ -93,7 +96,7 @@ def make_plan(
                 Request("unsubscribes", {"since": api_time(since), "before": api_time(before)})
             )
             since = before
-        return Plan(stream, run_id, page_size, tuple(windows), cursor_before=cursor)
+        return Plan(stream, run_id, page_size, tuple(windows), cursor, planned)
     raise ValueError(f"not an API stream: {stream}")
 
 
@@ -158,6 +161,7 @@ def land(
             for page in _pages(client, request, start):
                 landing.write_page(plan, index, envelope(plan, request, page))
                 fetched += 1
+                crash_point(f"extracting:{plan.stream}", when=fetched == 2)
                 records += len(page.records)
                 if digests is not None:
                     digests.extend(record_digest(request, r) for r in page.records)
@@ -178,4 +182,6 @@ def record_digest(request: Request, record: object) -> str:
     """The md5 of one record as the API sent it, with the list it belongs to if any."""
     scope = request.args.get("list_id", "") if request.kind == "list_changes" else ""
     text = json.dumps([scope, record], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+    # surrogatepass: a lone surrogate (half an emoji) has a digest too; other text is UTF-8.
+    data = text.encode("utf-8", "surrogatepass")
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()

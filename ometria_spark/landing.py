@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+from ometria_spark.crash import crash_point
+
 PLAN_FILE = "_plan.json"
 MERGED_MARKER = "_merged"
 ABANDONED_MARKER = "_abandoned"
@@ -112,8 +114,12 @@ class S3Storage:
         self._client.put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"))
 
     def read_text(self, path: str) -> str:
+        """The object's text; ``FileNotFoundError`` when there is none (as locally)."""
         bucket, key = self._split(path)
-        body = self._client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        try:
+            body = self._client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except self._client.exceptions.NoSuchKey as exc:
+            raise FileNotFoundError(path) from exc
         return str(body.decode("utf-8"))
 
     def create_exclusive(self, path: str, text: str) -> bool:
@@ -184,6 +190,9 @@ class Plan:
     page_size: int
     requests: tuple[Request, ...]
     cursor_before: str | None = None
+    # The committed cursors this pull was planned from (None in plans of older versions):
+    # a resumed pull is checked against ``_sync_state`` before it is merged.
+    cursors: dict[str, str] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -205,6 +214,9 @@ class Landing:
     def __init__(self, root: str, storage: Storage) -> None:
         self.root = local_root(root).rstrip("/")
         self.storage = storage
+        # Read once per run: a run holds the lock, so only this object writes them.
+        self._last: dict[str, dict[str, Any] | None] = {}
+        self._digests: dict[str, set[str] | None] = {}
 
     def folder(self, stream: str, run_id: str) -> str:
         return f"{self.root}/{stream}/{run_id}"
@@ -228,10 +240,14 @@ class Landing:
 
     def write_page(self, plan: Plan, request_index: int, page: dict[str, Any]) -> None:
         name = page_name(request_index, int(page["offset"]))
-        self.storage.write_text(
-            f"{self.folder(plan.stream, plan.run_id)}/{name}",
-            json.dumps(page, ensure_ascii=False, separators=(",", ":")),
-        )
+        text = json.dumps(page, ensure_ascii=False, separators=(",", ":"))
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # Half a surrogate pair (an API that cut an emoji in two sent "\ud83d"), which
+            # UTF-8 cannot hold: land the page with JSON escapes, as the API sent it.
+            text = json.dumps(page, separators=(",", ":"))
+        self.storage.write_text(f"{self.folder(plan.stream, plan.run_id)}/{name}", text)
 
     def mark_request_done(self, plan: Plan, request_index: int) -> None:
         self.storage.write_text(
@@ -249,25 +265,36 @@ class Landing:
             "digests": sorted(digests) if digests is not None else None,
         }
         self.storage.write_text(f"{self.root}/{plan.stream}/{LAST_MERGED_FILE}", json.dumps(last))
+        self._last[plan.stream] = last
+        crash_point(f"last-merged:{plan.stream}")
         self.storage.write_text(f"{folder}/{MERGED_MARKER}", "")
 
     def save_digests(self, plan: Plan, digests: list[str]) -> None:
-        self.storage.write_text(
-            f"{self.folder(plan.stream, plan.run_id)}/{DIGESTS_FILE}", json.dumps(sorted(digests))
-        )
+        folder = self.folder(plan.stream, plan.run_id)
+        self.storage.write_text(f"{folder}/{DIGESTS_FILE}", json.dumps(sorted(digests)))
+        self._digests[folder] = set(digests)
 
     def digests(self, plan: Plan) -> set[str] | None:
         """The md5s of every record of the pull, if it recorded them (small, landed whole)."""
         folder = self.folder(plan.stream, plan.run_id)
-        if DIGESTS_FILE not in self.storage.list_names(folder):
-            return None
-        return set(json.loads(self.storage.read_text(f"{folder}/{DIGESTS_FILE}")))
+        if folder not in self._digests:
+            try:
+                text = self.storage.read_text(f"{folder}/{DIGESTS_FILE}")
+            except FileNotFoundError:
+                self._digests[folder] = None
+            else:
+                self._digests[folder] = set(json.loads(text))
+        return self._digests[folder]
 
     def _last_merged(self, stream: str) -> dict[str, Any] | None:
-        if LAST_MERGED_FILE not in self.storage.list_names(f"{self.root}/{stream}"):
-            return None
-        last = json.loads(self.storage.read_text(f"{self.root}/{stream}/{LAST_MERGED_FILE}"))
-        return last if isinstance(last, dict) else None
+        if stream not in self._last:
+            try:
+                text = self.storage.read_text(f"{self.root}/{stream}/{LAST_MERGED_FILE}")
+                last = json.loads(text)
+            except FileNotFoundError:
+                last = None
+            self._last[stream] = last if isinstance(last, dict) else None
+        return self._last[stream]
 
     def last_merged_digests(self, stream: str) -> set[str] | None:
         """The digests of the stream's newest merged pull, when it recorded them."""
@@ -299,10 +326,18 @@ class Landing:
         """Where an unfinished request continues: after its last landed page."""
         if not page_names:
             return 0
-        last = json.loads(
-            self.storage.read_text(f"{self.folder(plan.stream, plan.run_id)}/{page_names[-1]}")
-        )
-        return int(last["offset"]) + len(last["records"])
+        name = page_names[-1]
+        try:
+            last = json.loads(
+                self.storage.read_text(f"{self.folder(plan.stream, plan.run_id)}/{name}")
+            )
+            if isinstance(last, dict) and isinstance(last.get("records"), list):
+                return int(last["offset"]) + len(last["records"])
+        except (ValueError, KeyError, TypeError):  # not JSON: damaged on storage
+            pass
+        # An unreadable last page (emptied or cut short, as a power loss can leave a file):
+        # fetch it again from its own offset, in its name; the new page replaces it.
+        return int(name.removesuffix(".json").split("-o", 1)[1])
 
     def page_paths(self, plan: Plan) -> list[str]:
         """Spark-readable paths of every landed page of a pull."""

@@ -75,12 +75,8 @@ class RunLock:
         for attempt in range(2):
             try:
                 text = self.storage.read_text(self._path(number))
-            except (FileNotFoundError, OSError):
+            except FileNotFoundError:  # both storages raise it for a missing file
                 return None
-            except Exception as exc:  # S3: NoSuchKey
-                if "NoSuchKey" in type(exc).__name__ or "NoSuchKey" in str(exc):
-                    return None
-                raise
             try:
                 value = json.loads(text)
                 if isinstance(value, dict):

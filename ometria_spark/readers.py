@@ -116,6 +116,9 @@ def read_pages(spark: SparkSession, paths: list[str], spec: TableSpec) -> DataFr
     text = spark.read.text(paths, wholetext=True).select(
         F.col("_metadata.file_path").alias(SOURCE_FILE), F.col("value").alias("_text")
     )
+    empty = empty_files(spark, paths)
+    if empty:  # Spark reads no row from an empty file: it is an unreadable page all the same
+        text = text.unionByName(spark.createDataFrame([(p, "") for p in empty], text.schema))
     parsed = F.from_json(
         "_text",
         page_schema(spec),
@@ -123,6 +126,26 @@ def read_pages(spark: SparkSession, paths: list[str], spec: TableSpec) -> DataFr
     )
     # Through a generator, so the page is parsed once however many fields are used later.
     return text.select(SOURCE_FILE, "_text", F.inline(F.array(F.struct(parsed.alias("page")))))
+
+
+def empty_files(spark: SparkSession, paths: list[str]) -> list[str]:
+    """The zero-byte files among ``paths`` (as their qualified paths): one listing of each
+    folder (a pull's pages share one)."""
+    jvm = spark._jvm
+    if jvm is None:
+        raise RuntimeError("the Spark session has no JVM gateway (Spark Connect is not supported)")
+    conf = spark._jsparkSession.sessionState().newHadoopConf()
+    wanted: dict[str, set[str]] = {}
+    for path in paths:
+        folder, name = path.rstrip("/").rsplit("/", 1)
+        wanted.setdefault(folder, set()).add(name)
+    empty = []
+    for folder, names in wanted.items():
+        hadoop_folder = jvm.org.apache.hadoop.fs.Path(folder)
+        for status in hadoop_folder.getFileSystem(conf).listStatus(hadoop_folder):
+            if status.isFile() and status.getLen() == 0 and status.getPath().getName() in names:
+                empty.append(str(status.getPath().toString()))
+    return sorted(empty)
 
 
 def page_records(pages: DataFrame, spec: TableSpec) -> DataFrame:
@@ -146,8 +169,12 @@ def page_records(pages: DataFrame, spec: TableSpec) -> DataFrame:
             ok = ok & blank_to_null(value).isNotNull()
         return ok
 
+    # The landing writes UTF-8; a page that is not was damaged since, and Spark would read
+    # its bad bytes as U+FFFD, silently: such a page is unreadable, as one not JSON is.
+    utf8 = F.is_valid_utf8("_text")
     fast = (
-        F.col(f"page.{CORRUPT_PAGE}").isNull()
+        utf8
+        & F.col(f"page.{CORRUPT_PAGE}").isNull()
         & F.col("page.records").isNotNull()
         & F.forall("page.records", loadable)
     )
@@ -157,7 +184,7 @@ def page_records(pages: DataFrame, spec: TableSpec) -> DataFrame:
     staged = pages.select(SOURCE_FILE, "_text", "page", fast.alias("_fast")).select(
         SOURCE_FILE, "_text", "page", "_fast", F.inline(F.array(F.struct(slow.alias("_slow"))))
     )
-    slow_ok = F.col("_slow").isNotNull() & F.col("_slow.records").isNotNull()
+    slow_ok = F.col("_slow").isNotNull() & F.col("_slow.records").isNotNull() & utf8
     page_ok = F.col("_fast") | slow_ok
 
     def envelope(field: str) -> Column:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,6 +21,7 @@ from pyspark.sql import functions as F
 
 from ometria_spark.client import OmetriaClient, Throttle, api_key_from_env
 from ometria_spark.config import Config
+from ometria_spark.crash import crash_later, crash_point
 from ometria_spark.extract import API_STREAMS, land, make_plan
 from ometria_spark.landing import Landing, Plan, storage_for
 from ometria_spark.lock import RunLock, SyncLockedError
@@ -82,13 +82,6 @@ def _take_counts(record: RunRecord, counts: MergeCounts) -> None:
     record.rows_updated = counts.updated
     record.quarantined = counts.quarantined
     record.bad_values = counts.bad_values
-
-
-def crash_point(name: str) -> None:
-    """Test hook: ``OMETRIA_SPARK_CRASH_AT=name`` kills this process here with SIGKILL, the
-    way a lost driver or an OOM kill would, so crash tests can stop at exact phases."""
-    if os.environ.get("OMETRIA_SPARK_CRASH_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def new_run_id(now: datetime) -> str:
@@ -210,9 +203,23 @@ def _run_streams(
                     raise setup_error or RuntimeError("no API client")
                 if stream not in early:
                     for plan in landing.unmerged_plans(stream):
+                        # A pull planned from later cursors than the committed ones (moved
+                        # back by hand since) would advance them past a gap: set it aside.
+                        if plan.cursors is not None and not _starts_in_time(
+                            plan.cursors, state.cursors(stream)
+                        ):
+                            log.warning("%s: pull %s set aside: cursors moved back since it "
+                                        "was planned", stream, plan.run_id)  # fmt: skip
+                            landing.abandon(stream, plan.run_id)
+                            continue
                         log.info("%s: resuming unmerged pull %s", stream, plan.run_id)
+                        spans_runs = _spans_runs(landing, plan)
                         land(plan, client, landing, on_page=on_page)
-                        counts[stream].add(merge_pull(spark, config, state, landing, plan))
+                        counts[stream].add(
+                            merge_pull(
+                                spark, config, state, landing, plan, move_cursors=not spans_runs
+                            )
+                        )
                 if full_refresh:
                     state.reset(stream)
                 cursors[stream] = state.cursors(stream)
@@ -267,6 +274,26 @@ def _run_streams(
         state.record_runs(report.streams)
     except Exception as exc:  # the run records must not hide the streams' outcome
         log.error("could not record the run: %s", _one_line(exc, api_key))
+
+
+RESUMED_MARKER = "_resumed"
+
+
+def _spans_runs(landing: Landing, plan: Plan) -> bool:
+    """True when a request of the pull was half landed by a run that died, so that its pages
+    were (or will be) fetched by more than one run, maybe a day apart: no one snapshot.
+    Profiles are paged by id, not by time, so the newest record of the later pages is no
+    bound for the earlier pages' profiles changed meanwhile: such a pull is merged without
+    moving the cursor (this run's own pull then starts from the committed one). Noted in
+    the pull's folder, for a run that dies again after landing the rest."""
+    folder = landing.folder(plan.stream, plan.run_id)
+    if RESUMED_MARKER in landing.storage.list_names(folder):
+        return True
+    done, pages = landing.progress(plan)
+    if any(index not in done for index in pages):
+        landing.storage.write_text(f"{folder}/{RESUMED_MARKER}", "")
+        return True
+    return False
 
 
 def _early_cursors(landing: Landing, streams: list[str]) -> dict[str, dict[str, str]]:
@@ -342,6 +369,7 @@ def merge_pull(
     plan: Plan,
     *,
     skip_unchanged: bool = True,
+    move_cursors: bool = True,
 ) -> MergeCounts:
     """Read a pull's landed pages, quarantine what cannot load, MERGE the rest, then move
     the cursor and mark the pull merged, in that order.
@@ -394,6 +422,7 @@ def merge_pull(
             rejected = bad.select(SOURCE_FILE, PROBLEM_COLUMN, RAW_COLUMN)
             counts.quarantined = state.quarantine(rejected, stream=plan.stream, run_id=plan.run_id)
         if int(totals["rows"]) > int(totals["bad"]):
+            crash_later(f"merging:{plan.stream}")
             metrics = merge_into(spark, good, spec, table_ref(config, spec.name))
             counts.inserted, counts.updated = metrics.inserted, metrics.updated
             summary = observed(plan.stream, good, good)
@@ -404,7 +433,7 @@ def merge_pull(
         _release(rows)
     crash_point(f"merged:{plan.stream}")
     # The MERGE has committed: only now may the cursor move past this data.
-    if new_cursors:
+    if new_cursors and move_cursors:
         old = state.cursors(plan.stream)
         forward = {k: v for k, v in new_cursors.items() if k not in old or v > old[k]}
         state.set_cursors(plan.stream, forward, plan.run_id)

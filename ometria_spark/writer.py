@@ -10,6 +10,7 @@ from functools import reduce
 
 from delta.exceptions import DeltaConcurrentModificationException
 from delta.tables import DeltaTable
+from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
@@ -61,6 +62,11 @@ def table_exists(spark: SparkSession, ref: TableRef) -> bool:
     return bool(spark.catalog.tableExists(ref.location))
 
 
+# Path tables are also registered by name in the session catalog. The CLI turns this off when
+# that catalog is in memory: the names would die with the process, and registering costs a
+# second or two of catalog work on a cold JVM per run.
+REGISTER_NAMES = True
+
 # Tables this process has seen exist (and registered), per session: each check is a
 # catalog or storage round trip, and a sync would otherwise repeat them for every write.
 _KNOWN: set[tuple[int, str]] = set()
@@ -82,7 +88,8 @@ def create_if_absent(
             return open_table(spark, ref)
         except Exception:  # removed since: check and create again
             _KNOWN.discard(known)
-    if not table_exists(spark, ref):
+    existing = _open_existing(spark, ref)
+    if existing is None:
         builder = DeltaTable.createIfNotExists(spark).addColumns(schema)
         builder = builder.location(ref.location) if ref.is_path else builder.tableName(ref.location)
         if cluster_by:
@@ -90,11 +97,22 @@ def create_if_absent(
         for key, value in (properties or {}).items():
             builder = builder.property(key, value)
         builder.execute()
-    if ref.is_path and ref.catalog_name:
+    if ref.is_path and ref.catalog_name and REGISTER_NAMES:
         register(spark, ref)
-    table = open_table(spark, ref)
+    table = existing or open_table(spark, ref)
     _KNOWN.add(known)
     return table
+
+
+def _open_existing(spark: SparkSession, ref: TableRef) -> DeltaTable | None:
+    """The table if it exists. A path is opened at once (one snapshot read instead of a
+    check and then a read: half a second on a cold JVM)."""
+    if not ref.is_path:
+        return open_table(spark, ref) if table_exists(spark, ref) else None
+    try:
+        return DeltaTable.forPath(spark, ref.location)
+    except AnalysisException:  # "... is not a Delta table" (no table there yet)
+        return None
 
 
 def ensure_table(spark: SparkSession, spec: TableSpec, ref: TableRef) -> DeltaTable:

@@ -192,19 +192,18 @@ def test_unknown_list_raises_not_found(server: EmulatorServer) -> None:
     assert statuses(server) == [404]
 
 
-def test_server_ignoring_offset_stops_after_the_first_page(
-    server: EmulatorServer, dataset: Dataset, caplog: pytest.LogCaptureFixture
+def test_server_ignoring_offset_fails_the_request_after_the_first_page(
+    server: EmulatorServer, dataset: Dataset
 ) -> None:
+    # Stopping there would pass the first page off as all the data.
     server.ignore_offset = True
-    with (
-        caplog.at_level(logging.WARNING, logger="ometria_spark.client"),
-        make_client(server) as client,
-    ):
-        pages = list(client.profile_pages())
-    assert len(pages) == 1
-    assert pages[0].records == dataset.profiles[:PAGE]
+    with make_client(server) as client:
+        pages = client.profile_pages()
+        first = next(pages)
+        with pytest.raises(ApiError, match="/profiles ignores offset: the page at offset 100"):
+            next(pages)
+    assert first.records == dataset.profiles[:PAGE]
     assert len(server.request_log) == 2
-    assert any("ignores offset" in r.getMessage() for r in caplog.records)
 
 
 def test_retries_exhausted_raise_api_error(server: EmulatorServer) -> None:

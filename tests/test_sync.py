@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,12 @@ from chispa import assert_df_equality
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
+from ometria_spark.client import OmetriaClient
 from ometria_spark.config import Config, config_from_dict
 from ometria_spark.emulator.dataset import Dataset
 from ometria_spark.emulator.server import EmulatorServer
+from ometria_spark.extract import land, make_plan
+from ometria_spark.landing import Landing, storage_for
 from ometria_spark.sync import RunReport, run
 from ometria_spark.tables import SYNCED_AT, TABLES
 from tests import expected
@@ -132,3 +136,34 @@ def test_cursors_moved_back_by_hand_are_honoured(
     assert_tables_match(spark, config, emulator.dataset, streams=("profiles",))
     set_aside = list((tmp_path / "raw" / "profiles").glob("*/_abandoned"))
     assert [p.parent.name for p in set_aside] == [again.run_id]
+
+
+def test_a_landed_pull_from_later_cursors_is_set_aside_on_resume(
+    spark: SparkSession, tmp_path: Path, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An early pull (planned from the cursors noted in the landing zone) that landed, but
+    whose run died before checking it against ``_sync_state``, is resumed by the next run:
+    it is checked then, and set aside when the committed cursors were moved back."""
+    monkeypatch.setenv("OMETRIA_TEST_KEY", KEY)
+    config = make_config(tmp_path, emulator)
+    assert run(spark, config, streams=("profiles",)).ok
+    # The dead run's early pull: planned from the noted cursors, landed, never merged.
+    landing = Landing(config.storage.raw_path, storage_for(config.storage.raw_path))
+    noted = landing.last_merged_cursors("profiles")
+    assert noted
+    with OmetriaClient(emulator.url, KEY, page_size=100) as client:
+        plan = make_plan(
+            "profiles", run_id="20990101T000000Z-dead0001", client=client, page_size=100,
+            cursors=noted, lookback_minutes=config.sync.lookback_minutes,
+            start_date=config.sync.start_date, window_days=1, now=datetime.now(UTC),
+        )  # fmt: skip
+        landing.save_plan(plan)
+        land(plan, client, landing)
+    # Meanwhile a user empties the table and forgets its cursor, to load it again.
+    DeltaTable.forPath(spark, config.table_location("profiles")).delete()
+    DeltaTable.forPath(spark, config.table_location("_sync_state")).delete("stream = 'profiles'")
+
+    again = run(spark, config, streams=("profiles",))
+    assert counts(again) == {"profiles": ("succeeded", 600, 0)}
+    assert_tables_match(spark, config, emulator.dataset, streams=("profiles",))
+    assert (tmp_path / "raw" / "profiles" / plan.run_id / "_abandoned").exists()

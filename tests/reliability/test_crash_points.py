@@ -1,0 +1,333 @@
+"""SIGKILL at every named phase of a sync, run after run, then one clean run: every table
+equals what an uninterrupted sync of the same data writes.
+
+Each killed run is `jobs/ometria_sync.py` in its own process (``OMETRIA_SPARK_CRASH_AT``),
+so the kill loses the JVM, caches and half-done work as a real crash would. The kills are
+chained (each run starts from the wreck the last one left), a day of changes is added, and
+the chain goes on. A crash point that never fires fails the test (the run would exit 0,
+not -9), and after each kill the landing zone or the Delta log shows where it landed.
+
+Phases: ``extracting:S`` (2nd page landed, request unfinished), ``landed:S`` (pull landed,
+not merged), ``merging:S`` (killed by a timer while the MERGE runs), ``merged:S`` (MERGE
+committed, cursor not), ``last-merged:S`` (cursor committed and noted, pull not marked
+merged), ``after:S`` (between streams), for ``profiles`` and ``member_lists``;
+``exports:merging``, ``exports:merged`` (MERGE committed, files not recorded) and
+``after:email_events`` for the export files.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from chispa import assert_df_equality
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import StructType
+
+from ometria_spark import sync as sync_module
+from ometria_spark.config import Config, load_config
+from ometria_spark.crash import crash_later, crash_point
+from ometria_spark.emulator.dataset import Dataset
+from ometria_spark.emulator.exports import EXPORT_COLUMNS, export_files, write_local
+from ometria_spark.emulator.server import EmulatorServer
+from ometria_spark.exports import RAW_FIELDS
+from ometria_spark.state import LOADED_FILES_TABLE, QUARANTINE_TABLE, RUNS_TABLE, STATE_TABLE
+from ometria_spark.tables import EMAIL_EVENTS, SYNCED_AT
+from tests import expected
+from tests.test_exports import csv_bytes
+from tests.test_job import sync, write_config
+from tests.test_sync import ACCOUNT, KEY, SOURCE, assert_tables_match
+
+API = ("lists", "profiles", "member_lists")
+STREAMS = [*API, "email_events"]
+LA = "America/Los_Angeles"
+
+# One extra export file: a good event, one whose time does not parse (NULL event_at: only
+# the MERGE's ``OR t.event_at IS NULL`` keeps a re-merge from adding it again), and one
+# without to_address (quarantined, once).
+EXTRA_EVENT = {"event_id": "ev-extra", "uuid": "u-extra", "to_address": "extra@example.com",
+               "event_type": "open", "dt_occurred": "2025-12-30 10:00:00",
+               "campaign_title": "Ünïcödé, \"quoted\"", "campaign_type": "mass"}  # fmt: skip
+NO_TIME = {"event_id": "ev-no-time", "to_address": "extra@example.com", "event_type": "bounce",
+           "dt_occurred": "30/12/2025", "bounce_class": "hard"}  # fmt: skip
+NO_ADDRESS = {"event_id": "ev-no-address", "event_type": "click",
+              "dt_occurred": "2025-12-30 10:00:01"}  # fmt: skip
+
+
+@pytest.fixture()
+def emulator() -> Iterator[EmulatorServer]:
+    with EmulatorServer(Dataset.generate(seed=8, profiles=450, lists=3), api_key=KEY) as server:
+        yield server
+
+
+def write_sync_config(tmp_path: Path, server: EmulatorServer) -> Path:
+    """``tests.test_job``'s config, with the export files and ``email_events`` added."""
+    path = write_config(tmp_path, server)
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["sync"]["streams"] = STREAMS
+    data["exports"] = {"email_events_path": str(tmp_path / "exports"), "format": "csv"}
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+# --- the landing zone and Delta logs, read without Spark ------------------------------------
+
+
+def pulls(raw: Path, stream: str) -> list[Path]:
+    """The stream's pulls, oldest first (run ids sort by start time)."""
+    return sorted(p for p in (raw / stream).iterdir() if p.is_dir())
+
+
+def pages(pull: Path) -> list[str]:
+    return sorted(p.name for p in pull.glob("r*-o*.json"))
+
+
+def requests_done(pull: Path) -> tuple[int, int]:
+    """(requests finished, requests planned)."""
+    planned = len(json.loads((pull / "_plan.json").read_text(encoding="utf-8"))["requests"])
+    return len(list(pull.glob("r*.done"))), planned
+
+
+def merged(pull: Path) -> bool:
+    return (pull / "_merged").exists()
+
+
+def last_merged_run(raw: Path, stream: str) -> str | None:
+    path = raw / stream / "_last_merged.json"
+    return json.loads(path.read_text(encoding="utf-8"))["run_id"] if path.exists() else None
+
+
+def commits(tables: Path, name: str) -> int:
+    """Commits in the table's Delta log (0: no table)."""
+    return len(list((tables / name / "_delta_log").glob("*.json")))
+
+
+# --- expected rows --------------------------------------------------------------------------
+
+
+def cursor_text(values: Iterator[Any]) -> str:
+    newest = max(t for t in (expected.when(v) for v in values) if t is not None)
+    return newest.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def expected_cursors(ds: Dataset) -> list[tuple[str, str, str]]:
+    """The newest source time of the data per stream and scope: the cursors may be neither
+    later (a gap) nor earlier (they only move on after a MERGE that covers them)."""
+    rows = [("profiles", "", cursor_text(p.get("update_since") for p in ds.profiles))]
+    rows += [
+        ("member_lists", list_id, cursor_text(c["timestamp"] for c in changes))
+        for list_id, changes in ds.list_changes.items()
+        if changes
+    ]
+    return rows
+
+
+def read(spark: SparkSession, config: Config, name: str) -> DataFrame:
+    return spark.read.format("delta").load(config.table_location(name))
+
+
+def same(actual: DataFrame, want: DataFrame) -> None:
+    assert_df_equality(actual, want, ignore_row_order=True, ignore_nullable=True)
+
+
+def assert_everything_loaded_once(
+    spark: SparkSession,
+    config: Config,
+    ds: Dataset,
+    *,
+    events: list[dict[str, Any]],
+    export_paths: list[Path],
+    bad_file: Path,
+    clean_runs: int,
+) -> None:
+    """Every table equals an uninterrupted sync's; the job's own tables hold no duplicate."""
+    assert_tables_match(spark, config, ds, API)
+    schema = StructType([f for f in EMAIL_EVENTS.schema.fields if f.name != SYNCED_AT])
+    want_events = spark.createDataFrame(expected.email_events(events, SOURCE, ACCOUNT), schema)
+    same(read(spark, config, "email_events").drop(SYNCED_AT), want_events)
+
+    same(
+        read(spark, config, STATE_TABLE).select("stream", "scope", "cursor"),
+        spark.createDataFrame(expected_cursors(ds), "stream string, scope string, cursor string"),
+    )
+    # Each export file recorded once.
+    same(
+        read(spark, config, LOADED_FILES_TABLE).select("path"),
+        spark.createDataFrame([(f"file:{p}",) for p in export_paths], "path string"),
+    )
+    # The one bad record, once, though its file was read by several killed runs.
+    quarantine = read(spark, config, QUARANTINE_TABLE)
+    assert quarantine.select("quarantine_id").distinct().count() == quarantine.count()
+    raw = json.dumps(
+        {n: NO_ADDRESS[n] for n in RAW_FIELDS if n in NO_ADDRESS}, separators=(",", ":")
+    )
+    same(
+        quarantine.select("stream", "source_file", "reason", "raw"),
+        spark.createDataFrame(
+            [("email_events", f"file:{bad_file}", "missing required field 'to_address'", raw)],
+            "stream string, source_file string, reason string, raw string",
+        ),
+    )
+    # Killed runs record nothing; each clean run one row per stream.
+    runs = read(spark, config, RUNS_TABLE)
+    assert runs.select("run_id", "stream").distinct().count() == runs.count()
+    assert runs.select("run_id").distinct().count() == clean_runs
+    same(
+        runs.select("stream", "status"),
+        spark.createDataFrame(
+            [(s, "succeeded") for _ in range(clean_runs) for s in STREAMS],
+            "stream string, status string",
+        ),
+    )
+
+
+# --- the test -------------------------------------------------------------------------------
+
+
+def test_a_kill_at_every_phase_loses_and_duplicates_nothing(
+    spark: SparkSession, tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    config_path = write_sync_config(tmp_path, emulator)
+    config = load_config(config_path)
+    ds = emulator.dataset
+    raw, tables, exports = tmp_path / "raw", tmp_path / "t", tmp_path / "exports"
+    outputs: list[str] = []
+    runs = 0
+
+    def kill_at(crash_at: str, tz: str = "UTC") -> None:
+        nonlocal runs
+        result = sync(config_path, crash_at=crash_at, tz=tz)
+        runs += 1
+        outputs.append(result.stdout + result.stderr)
+        assert result.returncode == -9, (crash_at, result.returncode, result.stderr[-3000:])
+
+    def clean_run(tz: str) -> None:
+        nonlocal runs
+        result = sync(config_path, tz=tz)
+        runs += 1
+        outputs.append(result.stdout + result.stderr)
+        assert result.returncode == 0, result.stderr[-3000:]
+        for stream in STREAMS:
+            assert any(
+                line.split()[:2] == [stream, "succeeded"] for line in result.stdout.splitlines()
+            ), result.stdout
+
+    first_events = list(ds.email_events)
+    export_paths = write_local(exports, export_files(first_events, files=2))
+    bad_file = exports / "resent" / "email_events_extra.csv"
+    bad_file.parent.mkdir()
+    bad_file.write_bytes(csv_bytes(EXPORT_COLUMNS, [EXTRA_EVENT, NO_TIME, NO_ADDRESS]))
+    export_paths.append(bad_file)
+
+    # --- chain 1: the first sync, into no tables -------------------------------------------
+    kill_at("extracting:profiles")
+    (p1,) = pulls(raw, "profiles")
+    assert pages(p1) == ["r0000-o000000000.json", "r0000-o000000100.json"]
+    assert requests_done(p1) == (0, 1) and not merged(p1)
+
+    kill_at("merging:profiles", tz=LA)  # the resumed pull's first MERGE, killed mid-way
+    assert len(pages(p1)) == 5 and requests_done(p1) == (1, 1) and not merged(p1)
+    assert commits(tables, "profiles") <= 1  # no MERGE committed (at most the creation)
+
+    kill_at("merged:profiles")
+    assert commits(tables, "profiles") >= 2 and not merged(p1)
+    assert last_merged_run(raw, "profiles") is None
+
+    kill_at("last-merged:profiles", tz=LA)
+    assert last_merged_run(raw, "profiles") == p1.name and not merged(p1)
+
+    kill_at("landed:profiles")
+    assert merged(p1)
+    _, p2 = pulls(raw, "profiles")
+    assert requests_done(p2) == (1, 1) and not merged(p2)
+
+    kill_at("after:profiles", tz=LA)
+    assert all(merged(p) for p in pulls(raw, "profiles"))
+
+    kill_at("exports:merging")
+    assert commits(tables, "email_events") <= 1
+    assert commits(tables, LOADED_FILES_TABLE) == 0
+
+    kill_at("exports:merged", tz=LA)
+    assert commits(tables, "email_events") >= 2
+    assert commits(tables, LOADED_FILES_TABLE) == 0
+
+    clean_run(tz=LA)
+    events = [*first_events, EXTRA_EVENT, NO_TIME]
+    assert_everything_loaded_once(
+        spark, config, ds, events=events, export_paths=export_paths, bad_file=bad_file,
+        clean_runs=1,
+    )  # fmt: skip
+
+    # --- chain 2: a day later, incremental ---------------------------------------------------
+    ds.advance_day()
+    new_events = ds.email_events[len(first_events) :]
+    known = {json.dumps(e, sort_keys=True) for e in first_events}
+    assert new_events and not any(json.dumps(e, sort_keys=True) in known for e in new_events)
+    # ... and an old event sent again, changed, in a later file: that copy wins.
+    resent = {**first_events[0], "event_id": "ev-resent", "device_type": "watch"}
+    new_events.append(resent)
+    export_paths += write_local(exports / "day2", export_files(new_events, files=2))
+
+    kill_at("extracting:member_lists")  # in the pull started early, from the noted cursors
+    *_, m1 = pulls(raw, "member_lists")
+    done, planned = requests_done(m1)
+    assert len(pages(m1)) == 2 and done < planned and not merged(m1)
+
+    before = commits(tables, "member_lists")
+    kill_at("merging:member_lists", tz=LA)
+    assert requests_done(m1) == (planned, planned) and not merged(m1)
+    assert commits(tables, "member_lists") == before
+
+    kill_at("merged:member_lists")
+    assert commits(tables, "member_lists") == before + 1 and not merged(m1)
+
+    kill_at("last-merged:member_lists", tz=LA)
+    assert last_merged_run(raw, "member_lists") == m1.name and not merged(m1)
+
+    kill_at("landed:member_lists")
+    *_, m2 = pulls(raw, "member_lists")
+    assert merged(m1) and m2 != m1 and not merged(m2)
+    assert requests_done(m2)[0] == requests_done(m2)[1]
+
+    kill_at("after:member_lists", tz=LA)
+    assert all(merged(p) for p in pulls(raw, "member_lists"))
+
+    before = commits(tables, "email_events")
+    kill_at("exports:merging")
+    assert commits(tables, "email_events") == before
+
+    before = commits(tables, LOADED_FILES_TABLE)
+    kill_at("after:email_events", tz=LA)
+    assert commits(tables, LOADED_FILES_TABLE) == before + 1
+
+    clean_run(tz="UTC")
+    assert_everything_loaded_once(
+        spark, config, ds, events=[*events, *new_events], export_paths=export_paths,
+        bad_file=bad_file, clean_runs=2,
+    )  # fmt: skip
+    assert runs == 18
+
+    # The API key is in no output, landed page, table or lock file.
+    assert not [text for text in outputs if KEY in text]
+    leaks = [p for p in tmp_path.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
+    assert leaks == []
+
+
+def test_the_crash_hooks_do_nothing_unless_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the variable (or naming another phase) a hook returns and arms no timer."""
+    assert sync_module.crash_point is crash_point  # still importable from where it was
+    monkeypatch.delenv("OMETRIA_SPARK_CRASH_AT", raising=False)
+    threads = threading.active_count()
+    crash_point("merged:profiles")
+    crash_later("merging:profiles")
+    monkeypatch.setenv("OMETRIA_SPARK_CRASH_AT", "merging:lists")
+    crash_point("merging:lists", when=False)
+    crash_point("merged:lists")
+    crash_later("merging:profiles")
+    assert threading.active_count() == threads

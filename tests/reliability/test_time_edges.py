@@ -1,0 +1,183 @@
+"""Time: the machine's zone changes nothing, and no record at a cursor or a window bound is
+skipped or read twice into a table.
+
+The API's bounds (emulated as ``docs/ometria-sources.md`` reads): ``updateSince`` and
+``since`` are inclusive (records at or after T), ``before`` is exclusive (records before
+T2), so consecutive ``[since, before)`` windows neither overlap nor leave a gap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+import yaml
+from chispa import assert_df_equality
+from pyspark.sql import SparkSession
+
+from ometria_spark.config import config_from_dict, load_config
+from ometria_spark.emulator.dataset import Dataset, unsubscribe_ts
+from ometria_spark.emulator.exports import export_files, write_local
+from ometria_spark.emulator.server import EmulatorServer
+from ometria_spark.state import LOADED_FILES_TABLE
+from ometria_spark.sync import run
+from tests import expected
+from tests.reliability.leaks import assert_no_secret
+from tests.reliability.rows import assert_rows, cursors
+from tests.test_job import sync, write_config
+from tests.test_sync import ACCOUNT, KEY, SOURCE, assert_tables_match
+from tests.test_sync import table as read_table
+
+LA = "America/Los_Angeles"
+API = ("lists", "profiles", "member_lists", "unsubscribes")
+ALL = (*API, "email_events")
+
+
+@pytest.fixture()
+def emulator() -> Iterator[EmulatorServer]:
+    with EmulatorServer(Dataset.generate(seed=19, profiles=250, lists=2), api_key=KEY) as server:
+        yield server
+
+
+def test_the_machine_time_zone_changes_no_row_and_no_cursor(
+    spark: SparkSession, tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    ds = emulator.dataset
+    write_local(tmp_path / "exports", export_files(ds.email_events, files=2))
+    configs = {}
+    for zone in ("UTC", LA):
+        folder = tmp_path / zone.replace("/", "_")
+        folder.mkdir()
+        path = write_config(folder, emulator)
+        settings = yaml.safe_load(path.read_text(encoding="utf-8"))
+        settings["sync"]["streams"] = list(ALL)
+        settings["exports"] = {"email_events_path": str(tmp_path / "exports")}
+        path.write_text(yaml.safe_dump(settings), encoding="utf-8")
+        configs[zone] = path
+    # Two warehouses (two landing zones, two locks): both syncs run at once.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = dict(zip(configs, pool.map(lambda z: sync(configs[z], tz=z), configs), strict=True))
+    for result in done.values():
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert_no_secret(result.stdout, result.stderr)
+
+    utc, la = (load_config(configs[z]) for z in ("UTC", LA))
+    for name in ALL:
+        assert_df_equality(read_table(spark, la, name), read_table(spark, utc, name),
+                           ignore_row_order=True, ignore_nullable=True)  # fmt: skip
+    assert_tables_match(spark, utc, ds, API)
+    assert_rows(spark, utc, "email_events", expected.email_events(ds.email_events, SOURCE, ACCOUNT))
+    assert cursors(spark, la) == cursors(spark, utc)
+    assert set(cursors(spark, utc)) == {"profiles", "member_lists", "unsubscribes"}
+
+    def loaded(config_path: Path) -> list[tuple[Any, ...]]:
+        config = load_config(config_path)
+        df = spark.read.format("delta").load(config.table_location(LOADED_FILES_TABLE))
+        return sorted(tuple(r) for r in df.select("path", "size", "modified_ms", "rows").collect())
+
+    assert loaded(configs[LA]) == loaded(configs["UTC"])
+
+
+def _at(text: str) -> datetime:
+    """An unsubscribe's ``2017-05-17 22:08:07+00`` as a UTC datetime."""
+    return datetime.strptime(text[:19], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+
+
+def test_records_at_the_cursor_and_at_window_bounds_are_read_once(
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMETRIA_TEST_KEY", KEY)
+    ds = Dataset.generate(seed=17, profiles=120, lists=2)
+    with EmulatorServer(ds, api_key=KEY) as server:
+        config = config_from_dict(
+            {
+                "account_id": ACCOUNT,
+                "source_id": SOURCE,
+                "api": {"base_url": server.url, "key_env": "OMETRIA_TEST_KEY",
+                        "requests_per_second": 200},
+                "storage": {"raw_path": str(tmp_path / "raw"),
+                            "tables_path": str(tmp_path / "t")},
+                "sync": {"streams": ["profiles", "member_lists", "unsubscribes"],
+                         "start_date": "2025-10-01", "lookback_minutes": 0},
+            }
+        )  # fmt: skip
+        streams = config.sync.streams
+        first = run(spark, config, now=ds.now)
+        assert first.ok, [r.error for r in first.streams]
+        assert_tables_match(spark, config, ds, streams)
+        committed = cursors(spark, config)
+
+        # Records stamped exactly at the committed cursors (arrived after the last pull in
+        # the same second), and unsubscribes at the bounds of the next run's windows.
+        profile_cursor = max(p["update_since"] for p in ds.profiles)
+        unsub_cursor = max(u["timestamp"] for u in ds.unsubscribes)
+        assert committed["profiles"] == {"": profile_cursor[:19]}
+        assert committed["unsubscribes"] == {"": unsub_cursor[:19].replace(" ", "T")}
+        since = _at(unsub_cursor)
+        bound, end = since + timedelta(days=1), since + timedelta(days=2)
+        list_id = ds.lists[0]["id"]
+        list_cursor = max(c["timestamp"] for c in ds.list_changes[list_id])
+        with ds.lock:
+            i = next(i for i, p in enumerate(ds.profiles) if p["update_since"] < profile_cursor)
+            ds.profiles[i] = {**ds.profiles[i], "lifecycle_status": "vip", "seen": True,
+                              "update_since": profile_cursor}  # fmt: skip
+            template = ds.unsubscribes[0]
+            edges = {
+                "at-cursor": unsub_cursor,
+                "at-bound": unsubscribe_ts(bound.timestamp()),
+                "at-end": unsubscribe_ts(end.timestamp()),
+            }
+            for n, (label, stamp) in enumerate(edges.items()):
+                ds.unsubscribes.append({**template, "profile_id": ds.profiles[n]["id"],
+                                        "send_id": f"s-{label}", "timestamp": stamp})  # fmt: skip
+            ds.unsubscribes.sort(key=lambda u: u["timestamp"])
+            ds.list_changes[list_id].append(
+                {"profile_id": ds.profiles[-1]["id"], "email": ds.profiles[-1]["email"],
+                 "event": "list_exit", "timestamp": list_cursor}
+            )  # fmt: skip
+            ds.version += 1
+
+        # Windows of one day from the cursor: [since, bound), [bound, end).
+        daily = dataclasses.replace(
+            config, sync=dataclasses.replace(config.sync, unsubscribes_window_days=1)
+        )
+        server.reset_log()
+        second = run(spark, daily, now=end)
+        assert second.ok, [r.error for r in second.streams]
+        asked = [
+            r.params for r in server.request_log if r.path.endswith(("/profiles", "/unsubscribes"))
+        ]
+        assert {"updateSince": profile_cursor[:19], "limit": "250", "offset": "0"} in asked
+        windows = [(p["since"], p["before"]) for p in asked if "since" in p]
+        iso = "%Y-%m-%dT%H:%M:%S"
+        assert windows == [
+            (since.strftime(iso), bound.strftime(iso)),
+            (bound.strftime(iso), end.strftime(iso)),
+        ]
+        # The record at the end bound is the next run's; each other edge record was
+        # fetched exactly once by this run.
+        pages = [
+            json.loads(p.read_text(encoding="utf-8"))
+            for p in (tmp_path / "raw" / "unsubscribes").glob(f"{second.run_id}*/r*.json")
+        ]
+        sends = [r["send_id"] for page in pages for r in page["records"]]
+        assert {s: sends.count(f"s-{s}") for s in edges} == {
+            "at-cursor": 1, "at-bound": 1, "at-end": 0,
+        }  # fmt: skip
+        assert_tables_match(spark, config, ds, ("profiles", "member_lists"))
+        not_yet = SimpleNamespace(
+            unsubscribes=[u for u in ds.unsubscribes if u["send_id"] != "s-at-end"]
+        )
+        assert_rows(spark, config, "unsubscribes",
+                    expected.unsubscribes(cast(Dataset, not_yet), SOURCE, ACCOUNT))  # fmt: skip
+
+        third = run(spark, daily, now=end + timedelta(hours=1))
+        assert third.ok, [r.error for r in third.streams]
+        assert_tables_match(spark, config, ds, streams)
