@@ -8,6 +8,7 @@ Layout under ``storage.raw_path``::
     {stream}/{run_id}/_digests.json         md5 of every record of a small pull (see below)
     {stream}/{run_id}/_merged               pages merged and the cursor committed
     {stream}/{run_id}/_abandoned            set aside unmerged (planned from stale cursors)
+    {stream}/{run_id}/_resumed              half landed by a run that died (see sync.py)
     {stream}/_last_merged.json              run id, digests and cursors of the newest merge
 
 A page file is written whole or not at all (local: write then rename; S3: one PUT), so a
