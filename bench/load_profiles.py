@@ -107,7 +107,7 @@ def land_subset(landing: Landing, run_id: str, profiles: list[dict[str, Any]]) -
         params = {"limit": str(PAGE_SIZE), "offset": str(offset)}
         page = Page("/profiles", params, profiles[offset : offset + PAGE_SIZE], fetched_at,
                     number, offset)  # fmt: skip
-        landing.write_page(plan, 0, envelope(plan, request, page))
+        landing.write_page(plan, 0, envelope(plan, request, page, number))
     landing.mark_request_done(plan, 0)
     return plan
 

@@ -104,12 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     # Imported late: argument and config errors answer without starting a JVM.
-    from ometria_spark.spark import get_spark, s3a_options
+    from ometria_spark.spark import get_spark, s3a_conf
     from ometria_spark.sync import run
 
     try:
         spark = get_spark(
-            hadoop_conf=s3a_options(config.exports.s3_endpoint, config.exports.s3_region),
+            hadoop_conf=s3a_conf(config),
             s3a=config.uses_s3a(),
         )
     except RuntimeError as exc:  # no Delta in a reused session, jars not fetched

@@ -34,6 +34,9 @@ class ApiConfig:
     page_size: int = 250
     timeout_seconds: float = 30.0
     max_attempts: int = 8
+    # A Retry-After longer than this fails the stream (with the reason) instead of parking
+    # the run, and its lock, for as long as the server asks.
+    max_retry_wait_seconds: float = 300.0
     key_secret_scope: str | None = None
     key_secret_key: str | None = None
 
@@ -52,12 +55,17 @@ class StorageConfig:
     tables_path: str | None = None
     catalog: str | None = None
     schema: str = "ometria"
+    # For a landing zone (and path tables) on an S3-compatible store: its endpoint. Scoped
+    # to the buckets of raw_path and tables_path, as exports.s3_endpoint is to the exports'.
+    s3_endpoint: str | None = None
+    s3_region: str = "us-east-1"
 
 
 @dataclass(frozen=True)
 class SyncConfig:
     streams: tuple[str, ...] = STREAMS
-    start_date: str = "2015-01-01"
+    # An instant (see INSTANT_KEYS): normalised to UTC ``YYYY-MM-DDTHH:MM:SS`` text.
+    start_date: str = "2015-01-01T00:00:00"
     lookback_minutes: int = 60
     unsubscribes_window_days: int = 30
     lock_timeout_minutes: int = 360
@@ -92,6 +100,37 @@ class Config:
 
 
 REQUIRED: tuple[str, ...] = ("account_id", "source_id", "storage.raw_path")
+# Keys that hold a date or a time: YAML's unquoted dates and datetimes are accepted as well
+# as text; a date is its midnight UTC, a time without an offset is UTC.
+INSTANT_KEYS: frozenset[str] = frozenset({"sync.start_date"})
+INSTANT_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+
+def parse_instant(key: str, value: Any) -> str:
+    """A configured date or time -> UTC ``YYYY-MM-DDTHH:MM:SS``; ``ConfigError`` naming the
+    key when it cannot be read."""
+    if isinstance(value, dt.datetime):
+        moment = value
+    elif isinstance(value, dt.date):
+        moment = dt.datetime(value.year, value.month, value.day)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            moment = (
+                dt.datetime.fromisoformat(text)
+                if len(text) > 10
+                else dt.datetime.combine(dt.date.fromisoformat(text), dt.time())
+            )
+        except ValueError:
+            raise ConfigError(
+                f"{key}: not a date or time (YYYY-MM-DD, or YYYY-MM-DDTHH:MM:SS with an "
+                f"optional offset): {value!r}"
+            ) from None
+    else:
+        raise ConfigError(f"{key}: expected a date or time, got {type(value).__name__} ({value!r})")
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+    return moment.strftime(INSTANT_FORMAT)
 
 
 def load_config(path: str | Path, overrides: Mapping[str, str] | None = None) -> Config:
@@ -133,6 +172,8 @@ def _check_values(config: Config) -> None:
         raise ConfigError("api.page_size: must be between 1 and 250 (the API's maximum)")
     if config.api.max_attempts < 1:
         raise ConfigError("api.max_attempts: must be >= 1")
+    if config.api.max_retry_wait_seconds < 0:
+        raise ConfigError("api.max_retry_wait_seconds: must be >= 0")
     if config.sync.lookback_minutes < 0:
         raise ConfigError("sync.lookback_minutes: must be >= 0")
     if config.sync.lock_timeout_minutes < 1:
@@ -145,10 +186,32 @@ def _check_values(config: Config) -> None:
         )
     if bool(config.api.key_secret_scope) != bool(config.api.key_secret_key):
         raise ConfigError("api.key_secret_scope and api.key_secret_key: set both or neither")
-    try:
-        dt.date.fromisoformat(config.sync.start_date[:10])
-    except ValueError as exc:
-        raise ConfigError(f"sync.start_date: not a date (YYYY-MM-DD): {exc}") from exc
+    endpoints: dict[str, tuple[str, str | None]] = {}
+    for key, path in s3_buckets(config):
+        endpoint = (
+            config.exports.s3_endpoint if key.startswith("exports.") else config.storage.s3_endpoint
+        )
+        bucket = _bucket(path)
+        if bucket in endpoints and endpoints[bucket][1] != endpoint:
+            raise ConfigError(
+                f"{key}: bucket {bucket} is also in {endpoints[bucket][0]}, with another "
+                "S3 endpoint (exports.s3_endpoint / storage.s3_endpoint): one bucket, one endpoint"
+            )
+        endpoints.setdefault(bucket, (key, endpoint))
+
+
+def _bucket(path: str) -> str:
+    return path.split("://", 1)[1].split("/", 1)[0]
+
+
+def s3_buckets(config: Config) -> list[tuple[str, str]]:
+    """``(config key, path)`` of every configured S3 path, exports first."""
+    paths = [
+        ("exports.email_events_path", config.exports.email_events_path),
+        ("storage.raw_path", config.storage.raw_path),
+        ("storage.tables_path", config.storage.tables_path),
+    ]
+    return [(k, p) for k, p in paths if p and p.startswith(("s3a://", "s3://"))]
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -176,7 +239,9 @@ def _build(cls: type[Any], data: Any, prefix: str) -> Any:
     for name, value in data.items():
         key = f"{prefix}{name}"
         hint = hints[name]
-        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if key in INSTANT_KEYS:
+            values[name] = parse_instant(key, value)
+        elif isinstance(hint, type) and dataclasses.is_dataclass(hint):
             values[name] = _build(hint, value if value is not None else {}, f"{key}.")
         else:
             values[name] = _coerce(key, hint, value)

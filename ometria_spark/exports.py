@@ -43,6 +43,7 @@ from pyspark.sql.types import (
 )
 
 from ometria_spark.crash import crash_later, crash_point
+from ometria_spark.spark import literal_path
 from ometria_spark.state import LOADED_FILES_TABLE, StateStore
 from ometria_spark.tables import EMAIL_EVENTS
 from ometria_spark.transforms import (
@@ -50,6 +51,8 @@ from ometria_spark.transforms import (
     CORRUPT_COLUMN,
     ORDER_COLUMN,
     PROBLEM_COLUMN,
+    RAW_COLUMN,
+    SOURCE_FILE,
     blank_to_null,
     split_loadable,
     to_target,
@@ -61,12 +64,12 @@ log = logging.getLogger(__name__)
 
 STREAM = "email_events"
 FORMATS = ("csv", "json")
-SOURCE_FILE = "_source_file"
-RAW_COLUMN = "_raw"
 
 # The raw fields of an email event, all strings (the export's column names).
 RAW_FIELDS: tuple[str, ...] = tuple(EMAIL_EVENTS.raw_schema.fieldNames())
-REQUIRED_FIELDS: tuple[str, ...] = EMAIL_EVENTS.required_fields
+# A file without one of these columns is not an export of email events: rejected whole.
+# (A record is loadable with at least one of them: see ``TableSpec.key_fields``.)
+REQUIRED_FIELDS: tuple[str, ...] = EMAIL_EVENTS.key_fields
 
 # One row per loaded file; ``rows`` counts every record read from it, quarantined included.
 LOADED_FILES_SCHEMA = StructType(
@@ -116,6 +119,7 @@ class EmailEventsResult:
     quarantined: int = 0
     bad_values: int = 0
     files_new: int = 0
+    collapsed: int = 0
 
 
 @dataclass
@@ -311,7 +315,7 @@ def _read_csv_group(spark: SparkSession, paths: list[str], header: Sequence[str]
     ]
     return (
         _csv_reader(spark, len(header))
-        .load(paths)
+        .load([literal_path(p) for p in paths])
         .select(
             *columns,
             *_row_origin(),
@@ -332,7 +336,7 @@ def _row_origin() -> list[Column]:
 def _read_json(spark: SparkSession, paths: list[str]) -> DataFrame:
     return (
         _json_reader(spark)
-        .load(paths)
+        .load([literal_path(p) for p in paths])
         .select(
             *[F.col(name) for name in RAW_FIELDS],
             *_row_origin(),
@@ -433,10 +437,10 @@ def _count_alone(spark: SparkSession, f: ExportFile, fmt: str) -> str | None:
     """Read one file on its own; the error text if that fails, else None."""
     try:
         if fmt == "json":
-            _json_reader(spark).load(f.path).count()
+            _json_reader(spark).load(literal_path(f.path)).count()
         else:
             # Width 1 is enough: counting parses every record of the file all the same.
-            _csv_reader(spark, 1).load(f.path).count()
+            _csv_reader(spark, 1).load(literal_path(f.path)).count()
     except Exception as exc:  # Spark wraps I/O errors in several exception types
         return _short_reason(exc)
     return None
@@ -673,6 +677,7 @@ def _load_batch(
     metrics = merge_into(spark, prepared, EMAIL_EVENTS, table, prune=prune)
     result.inserted = metrics.inserted
     result.updated = metrics.updated
+    result.collapsed = metrics.collapsed
 
 
 __all__ = [

@@ -3,13 +3,16 @@
 Layout under ``storage.raw_path``::
 
     {stream}/{run_id}/_plan.json            what this pull fetches (requests, page size)
-    {stream}/{run_id}/r0000-o000000000.json one page: request index, offset
+    {stream}/{run_id}/r0000-p000000-o000000000.json  one page: request index, page number
+                                            within the request (fetch order), offset
     {stream}/{run_id}/r0000.done            request 0 fully landed
     {stream}/{run_id}/_digests.json         md5 of every record of a small pull (see below)
     {stream}/{run_id}/_merged               pages merged and the cursor committed
     {stream}/{run_id}/_abandoned            set aside unmerged (planned from stale cursors)
     {stream}/{run_id}/_resumed              half landed by a run that died (see sync.py)
-    {stream}/_last_merged.json              run id, digests and cursors of the newest merge
+    {stream}/_last_merged.json              run id, digests and cursors of the newest merge,
+                                            and the table version it left
+    _paging.json                            what was learned of the API's paging (caps)
 
 A page file is written whole or not at all (local: write then rename; S3: one PUT), so a
 page that exists is complete. A pull whose ``_merged`` marker is missing is resumed by the
@@ -25,8 +28,11 @@ merge and the job skips its Spark work.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,7 +46,10 @@ MERGED_MARKER = "_merged"
 ABANDONED_MARKER = "_abandoned"
 DIGESTS_FILE = "_digests.json"
 LAST_MERGED_FILE = "_last_merged.json"
+PAGING_FILE = "_paging.json"
 MAX_DIGESTS = 20_000
+# r0000-p000001-o000000249.json; pulls landed by earlier versions: r0000-o000000000.json
+_PAGE = re.compile(r"^r(\d{4})-(?:p(\d{6})-)?o(\d{9})\.json$")
 
 
 class Storage(Protocol):
@@ -49,6 +58,8 @@ class Storage(Protocol):
     def create_exclusive(self, path: str, text: str) -> bool: ...
     def delete(self, path: str) -> None: ...
     def list_names(self, folder: str) -> list[str]: ...
+    def list_tree(self, folder: str) -> list[str]: ...
+    def remove_tree(self, folder: str) -> bool: ...
     def spark_path(self, path: str) -> str: ...
 
 
@@ -90,6 +101,18 @@ class LocalStorage:
         if not base.is_dir():
             return []
         return sorted(p.name for p in base.iterdir() if not p.name.startswith(".tmp-"))
+
+    def list_tree(self, folder: str) -> list[str]:
+        """Every file below ``folder``, as paths relative to it."""
+        base = Path(folder)
+        return sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.is_file())
+
+    def remove_tree(self, folder: str) -> bool:
+        """Delete ``folder`` and all below it; False if there was none."""
+        if not Path(folder).exists():
+            return False
+        shutil.rmtree(folder)
+        return True
 
     def spark_path(self, path: str) -> str:
         if self._spark_prefix:
@@ -154,6 +177,21 @@ class S3Storage:
             )
         return sorted(names)
 
+    def list_tree(self, folder: str) -> list[str]:
+        bucket, key = self._split(folder.rstrip("/") + "/")
+        paginator = self._client.get_paginator("list_objects_v2")
+        return sorted(
+            o["Key"][len(key) :]
+            for page in paginator.paginate(Bucket=bucket, Prefix=key)
+            for o in page.get("Contents", [])
+        )
+
+    def remove_tree(self, folder: str) -> bool:
+        names = self.list_tree(folder)
+        for name in names:
+            self.delete(f"{folder.rstrip('/')}/{name}")
+        return bool(names)
+
     def spark_path(self, path: str) -> str:
         return "s3a://" + path.split("://", 1)[1]
 
@@ -161,10 +199,16 @@ class S3Storage:
 def storage_for(root: str, s3_endpoint: str | None = None, region: str | None = None) -> Storage:
     """The storage behind a ``storage.raw_path`` value."""
     if root.startswith(("s3://", "s3a://")):
-        return S3Storage(s3_endpoint, region)
+        return _s3_storage(s3_endpoint, region)
     if root.startswith("dbfs:/"):
         return LocalStorage(spark_prefix="dbfs:")
     return LocalStorage()
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_storage(endpoint: str | None, region: str | None) -> S3Storage:
+    # One boto3 client per endpoint for the process (clients are thread-safe, and slow to make).
+    return S3Storage(endpoint, region)
 
 
 def local_root(root: str) -> str:
@@ -194,6 +238,9 @@ class Plan:
     # The committed cursors this pull was planned from (None in plans of older versions):
     # a resumed pull is checked against ``_sync_state`` before it is merged.
     cursors: dict[str, str] | None = None
+    # Bad elements met while planning (member_lists: a /lists element that is not a list),
+    # quarantined when the pull is merged: {"stream", "request", "reason", "raw"}.
+    rejects: tuple[dict[str, str | None], ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -202,11 +249,40 @@ class Plan:
     def from_json(text: str) -> Plan:
         data = json.loads(text)
         data["requests"] = tuple(Request(**r) for r in data["requests"])
+        data["rejects"] = tuple(data.get("rejects", ()))
         return Plan(**data)
 
 
-def page_name(request_index: int, offset: int) -> str:
-    return f"r{request_index:04d}-o{offset:09d}.json"
+def page_name(request_index: int, sequence: int, offset: int) -> str:
+    """A page's file name: sorted by request, then by fetch order within the request (a
+    request that steps back re-reads an offset, so offsets neither order nor name pages)."""
+    return f"r{request_index:04d}-p{sequence:06d}-o{offset:09d}.json"
+
+
+@dataclass(frozen=True)
+class PageName:
+    request: int
+    sequence: int  # -1: a page of an earlier version's pull (ordered by offset)
+    offset: int
+
+    @staticmethod
+    def parse(name: str) -> PageName | None:
+        match = _PAGE.match(name)
+        if match is None:
+            return None
+        index, sequence, offset = match.groups()
+        return PageName(int(index), -1 if sequence is None else int(sequence), int(offset))
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where an unfinished request continues: the offset, the records landed last (the
+    pager's anchor) and the next page's number."""
+
+    offset: int = 0
+    tail: tuple[Any, ...] = ()
+    sequence: int = 0
+    replaces: str | None = None  # a damaged last page that the first page fetched replaces
 
 
 class Landing:
@@ -240,7 +316,8 @@ class Landing:
         return plans
 
     def write_page(self, plan: Plan, request_index: int, page: dict[str, Any]) -> None:
-        name = page_name(request_index, int(page["offset"]))
+        """Land one page; ``page["page"]`` is its number within the request."""
+        name = page_name(request_index, int(page["page"]), int(page["offset"]))
         text = json.dumps(page, ensure_ascii=False, separators=(",", ":"))
         try:
             text.encode("utf-8")
@@ -250,19 +327,31 @@ class Landing:
             text = json.dumps(page, separators=(",", ":"))
         self.storage.write_text(f"{self.folder(plan.stream, plan.run_id)}/{name}", text)
 
+    def replace_page(
+        self, plan: Plan, damaged: str, request_index: int, sequence: int, offset: int
+    ) -> None:
+        """Remove a damaged page once the page fetched again in its place has landed (under
+        its own name when the damaged one had an earlier version's name)."""
+        if damaged != page_name(request_index, sequence, offset):
+            self.storage.delete(f"{self.folder(plan.stream, plan.run_id)}/{damaged}")
+
     def mark_request_done(self, plan: Plan, request_index: int) -> None:
         self.storage.write_text(
             f"{self.folder(plan.stream, plan.run_id)}/r{request_index:04d}.done", ""
         )
 
-    def mark_merged(self, plan: Plan, cursors: dict[str, str]) -> None:
+    def mark_merged(
+        self, plan: Plan, cursors: dict[str, str], target: dict[str, Any] | None = None
+    ) -> None:
         """Record the pull as merged: its digests become the stream's last merged ones, and
-        ``cursors`` (committed to ``_sync_state`` already) are noted beside them."""
+        ``cursors`` (committed to ``_sync_state`` already) and ``target`` (what the rows were
+        written with and into: the table's version after the merge) are noted beside them."""
         folder = self.folder(plan.stream, plan.run_id)
         digests = self.digests(plan)
         last = {
             "run_id": plan.run_id,
             "cursors": cursors,
+            "target": target,
             "digests": sorted(digests) if digests is not None else None,
         }
         self.storage.write_text(f"{self.root}/{plan.stream}/{LAST_MERGED_FILE}", json.dumps(last))
@@ -302,6 +391,12 @@ class Landing:
         last = self._last_merged(stream)
         return set(last["digests"]) if last and last.get("digests") is not None else None
 
+    def last_merged_target(self, stream: str) -> dict[str, Any] | None:
+        """What the stream's newest merge wrote its rows with and into (see ``mark_merged``)."""
+        last = self._last_merged(stream)
+        target = last.get("target") if last else None
+        return dict(target) if isinstance(target, dict) else None
+
     def last_merged_cursors(self, stream: str) -> dict[str, str] | None:
         """The cursors committed when the stream's newest pull was merged (a copy of
         ``_sync_state`` to start pulling before Spark has read it; checked against it)."""
@@ -313,32 +408,52 @@ class Landing:
         self.storage.write_text(f"{self.folder(stream, run_id)}/{ABANDONED_MARKER}", "")
 
     def progress(self, plan: Plan) -> tuple[set[int], dict[int, list[str]]]:
-        """(indexes of finished requests, {request index: its landed page names})."""
+        """(indexes of finished requests, {request index: its landed page names, in fetch
+        order})."""
         done: set[int] = set()
-        pages: dict[int, list[str]] = {}
+        pages: dict[int, list[tuple[PageName, str]]] = {}
         for name in self.storage.list_names(self.folder(plan.stream, plan.run_id)):
             if name.endswith(".done"):
                 done.add(int(name[1:5]))
-            elif name.startswith("r") and name.endswith(".json"):
-                pages.setdefault(int(name[1:5]), []).append(name)
-        return done, {k: sorted(v) for k, v in pages.items()}
+            elif (parsed := PageName.parse(name)) is not None:
+                pages.setdefault(parsed.request, []).append((parsed, name))
+        ordered = {
+            index: [n for _, n in sorted(named, key=lambda p: (p[0].sequence, p[0].offset))]
+            for index, named in pages.items()
+        }
+        return done, ordered
 
-    def resume_offset(self, plan: Plan, request_index: int, page_names: list[str]) -> int:
+    def resume_point(self, plan: Plan, page_names: list[str]) -> ResumePoint:
         """Where an unfinished request continues: after its last landed page."""
         if not page_names:
-            return 0
+            return ResumePoint()
         name = page_names[-1]
+        parsed = PageName.parse(name)
+        assert parsed is not None
+        sequence = parsed.sequence + 1 if parsed.sequence >= 0 else len(page_names)
         try:
             last = json.loads(
                 self.storage.read_text(f"{self.folder(plan.stream, plan.run_id)}/{name}")
             )
             if isinstance(last, dict) and isinstance(last.get("records"), list):
-                return int(last["offset"]) + len(last["records"])
+                offset = int(last["offset"]) + len(last["records"])
+                return ResumePoint(offset, tuple(last["records"]), sequence)
         except (ValueError, KeyError, TypeError):  # not JSON: damaged on storage
             pass
         # An unreadable last page (emptied or cut short, as a power loss can leave a file):
         # fetch it again from its own offset, in its name; the new page replaces it.
-        return int(name.removesuffix(".json").split("-o", 1)[1])
+        return ResumePoint(parsed.offset, (), max(parsed.sequence, 0), replaces=name)
+
+    def paging_facts(self) -> dict[str, dict[str, int]]:
+        """What earlier runs learned of the API's paging (see ``client.PagingFacts``)."""
+        try:
+            facts = json.loads(self.storage.read_text(f"{self.root}/{PAGING_FILE}"))
+        except (FileNotFoundError, ValueError):
+            return {}
+        return facts if isinstance(facts, dict) else {}
+
+    def save_paging_facts(self, facts: dict[str, dict[str, int]]) -> None:
+        self.storage.write_text(f"{self.root}/{PAGING_FILE}", json.dumps(facts, sort_keys=True))
 
     def page_paths(self, plan: Plan) -> list[str]:
         """Spark-readable paths of every landed page of a pull."""

@@ -15,6 +15,8 @@ as JSON text, each then parsed on its own, so that one bad record is quarantined
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
@@ -26,17 +28,21 @@ from pyspark.sql.types import (
     StructType,
 )
 
+from ometria_spark.spark import literal_path
 from ometria_spark.tables import REQUEST_UPDATE_SINCE, TableSpec
 from ometria_spark.transforms import (
     CORRUPT_COLUMN,
     ORDER_COLUMN,
     PROBLEM_COLUMN,
-    blank_to_null,
+    RAW_COLUMN,
+    SERVER_DATE_COLUMN,
+    SOURCE_COLUMN,
+    SOURCE_FILE,
+    UNREADABLE_COLUMN,
+    keyable,
     with_problems,
 )
 
-RAW_COLUMN = "_raw"
-SOURCE_FILE = "_source_file"
 BAD_PAGE = "landed page is not a valid JSON page"
 CORRUPT_PAGE = "_corrupt_page"
 
@@ -47,6 +53,8 @@ PAGE_SCHEMA = StructType(
         StructField("page", LongType()),
         StructField("offset", LongType()),
         StructField("fetched_at", StringType()),
+        StructField("server_date", StringType()),
+        StructField("repeats", ArrayType(LongType())),
         StructField(
             "request",
             StructType(
@@ -67,8 +75,9 @@ def parse_records(df: DataFrame, spec: TableSpec) -> DataFrame:
     """Parse ``_raw`` (one record's JSON text) into the table's raw columns (records that
     do not come in landed pages: the tests' raw records).
 
-    A record that is not a JSON object, or has a scalar where an object belongs, keeps its
-    text in ``_corrupt_record``. Other columns of ``df`` are kept.
+    A record that is not a JSON object keeps its text in ``_corrupt_record``; one with a
+    part of the wrong shape is read as ``with_shape_checks`` says. Other columns of ``df``
+    are kept.
     """
     schema = StructType([*spec.raw_schema.fields, StructField(CORRUPT_COLUMN, StringType(), True)])
     parsed = F.from_json(
@@ -81,10 +90,7 @@ def parse_records(df: DataFrame, spec: TableSpec) -> DataFrame:
     # instead lets the optimizer copy from_json into every field's expression: one full
     # JSON parse per field and per later reference (20+ per profile).
     out = df.select(*keep, F.inline(F.array(parsed)))
-    # A JSON scalar or array element (not an object) parses to all-NULL: flag it too.
-    is_object = F.ltrim(F.col(RAW_COLUMN)).startswith("{")
-    corrupt = F.when(is_object, F.col(CORRUPT_COLUMN)).otherwise(F.col(RAW_COLUMN))
-    return out.withColumn(CORRUPT_COLUMN, corrupt)
+    return out.transform(with_shape_checks(spec))
 
 
 def read_records(spark: SparkSession, paths: list[str], spec: TableSpec) -> DataFrame:
@@ -113,7 +119,7 @@ def page_schema(spec: TableSpec) -> StructType:
 def read_pages(spark: SparkSession, paths: list[str], spec: TableSpec) -> DataFrame:
     """Whole landed page files -> one row per file: ``_source_file``, ``_text``, ``page``
     (parsed with ``page_schema``)."""
-    text = spark.read.text(paths, wholetext=True).select(
+    text = spark.read.text([literal_path(p) for p in paths], wholetext=True).select(
         F.col("_metadata.file_path").alias(SOURCE_FILE), F.col("value").alias("_text")
     )
     empty = empty_files(spark, paths)
@@ -160,14 +166,9 @@ def page_records(pages: DataFrame, spec: TableSpec) -> DataFrame:
     that a bad record is quarantined alone, with its text, while the rest of its page
     loads.
     """
-    list_id = F.col("page.context").getItem("list_id")
 
     def loadable(record: Column) -> Column:
-        ok = record.isNotNull()
-        for field in spec.required_fields:
-            value = F.coalesce(list_id, record[field]) if field == "id" else record[field]
-            ok = ok & blank_to_null(value).isNotNull()
-        return ok
+        return record.isNotNull() & keyable(spec, lambda field: record[field])
 
     # The landing writes UTF-8; a page that is not was damaged since, and Spark would read
     # its bad bytes as U+FFFD, silently: such a page is unreadable, as one not JSON is.
@@ -209,12 +210,18 @@ def page_records(pages: DataFrame, spec: TableSpec) -> DataFrame:
             envelope("request.params").getItem("updateSince").alias(REQUEST_UPDATE_SINCE),
             envelope("context").getItem("list_id").alias("_context_list_id"),
             envelope("fetched_at").alias("_fetched_at"),
+            # The server's clock when the page was fetched (else ours): bounds the cursor.
+            F.coalesce(envelope("server_date"), envelope("fetched_at")).alias(SERVER_DATE_COLUMN),
+            envelope("repeats").alias("_repeats"),
+            envelope("request.endpoint").alias(SOURCE_COLUMN),
             envelope("page").alias("_page_number"),
             # _outer: an unreadable page still yields a row (NULL pos), to be quarantined.
             F.posexplode_outer(items).alias("_pos", "_item"),
         )
-        # A valid page without records (the empty last page of a pull) yields nothing.
+        # A valid page without records (the empty last page of a pull) yields nothing, and
+        # a record the request delivered before, unchanged, is left out (a re-read anchor).
         .where(F.col("_pos").isNotNull() | ~F.col("_page_ok"))
+        .where(~F.coalesce(F.array_contains("_repeats", F.col("_pos")), F.lit(False)))
     )
     text = F.col("_item.txt")
     # Only the records of the other pages are parsed here (NULL text: no parse).
@@ -225,11 +232,6 @@ def page_records(pages: DataFrame, spec: TableSpec) -> DataFrame:
             StructType([*spec.raw_schema.fields, StructField(CORRUPT_COLUMN, StringType())]),
             {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT_COLUMN},
         ),
-    )
-    # A JSON scalar or array element (not an object) parses to all-NULL: flag it too.
-    corrupt = F.when(
-        text.isNotNull(),
-        F.when(F.ltrim(text).startswith("{"), parsed[CORRUPT_COLUMN]).otherwise(text),
     )
     fields = [
         F.when(text.isNull(), F.col("_item.rec")[f.name]).otherwise(parsed[f.name]).alias(f.name)
@@ -245,6 +247,8 @@ def page_records(pages: DataFrame, spec: TableSpec) -> DataFrame:
     )
     records = exploded.select(
         SOURCE_FILE,
+        SOURCE_COLUMN,
+        SERVER_DATE_COLUMN,
         "_page_ok",
         "_page_text",
         REQUEST_UPDATE_SINCE,
@@ -252,18 +256,51 @@ def page_records(pages: DataFrame, spec: TableSpec) -> DataFrame:
         order.alias(ORDER_COLUMN),
         text.alias(RAW_COLUMN),
         *fields,
-        corrupt.alias(CORRUPT_COLUMN),
+        parsed[CORRUPT_COLUMN].alias(CORRUPT_COLUMN),
     )
     if "id" in records.columns:
         records = records.withColumn("id", F.coalesce(F.col("_context_list_id"), F.col("id")))
-    records = records.transform(with_problems(spec))
+    records = records.transform(with_shape_checks(spec)).transform(with_problems(spec))
     problem = F.when(~F.col("_page_ok"), F.lit(BAD_PAGE)).otherwise(F.col(PROBLEM_COLUMN))
     raw = F.when(~F.col("_page_ok"), F.col("_page_text")).when(
         F.col(PROBLEM_COLUMN).isNotNull(), F.col(RAW_COLUMN)
     )
+    bad = F.col(PROBLEM_COLUMN).isNotNull()
     return (
         records.withColumn(PROBLEM_COLUMN, problem)
         .withColumn(RAW_COLUMN, raw)
-        .withColumn(SOURCE_FILE, F.when(F.col(PROBLEM_COLUMN).isNotNull(), F.col(SOURCE_FILE)))
+        .withColumn(SOURCE_FILE, F.when(bad, F.col(SOURCE_FILE)))
+        .withColumn(SOURCE_COLUMN, F.when(bad, F.col(SOURCE_COLUMN)))
         .drop("_context_list_id", "_page_ok", "_page_text")
     )
+
+
+def with_shape_checks(spec: TableSpec) -> Callable[[DataFrame], DataFrame]:
+    """Tell a record of a slightly wrong shape from one that is no record at all.
+
+    Records parsed on their own (``_raw`` set) that do not fit the raw schema have
+    ``_corrupt_record``. Text that is not a JSON object (a scalar, an array, cut JSON)
+    keeps it: it is quarantined. An object with a part of the wrong shape
+    (``"properties": []``, ``"dates": "..."``) loads, from what Spark's partial results
+    parsed, with that part NULL, named in ``_unreadable`` (counted as a bad value) -
+    unless no key part survived, when it is quarantined after all.
+    """
+    nested = [f.name for f in spec.raw_schema.fields if isinstance(f.dataType, StructType)]
+
+    def step(df: DataFrame) -> DataFrame:
+        text = F.col(RAW_COLUMN)
+        is_object = F.json_object_keys(text).isNotNull()
+        partial = text.isNotNull() & F.col(CORRUPT_COLUMN).isNotNull() & is_object
+        unreadable = [
+            F.when(F.col(name).isNull() & F.get_json_object(text, f"$.{name}").isNotNull(),
+                   F.array(F.lit(name))).otherwise(F.array().cast("array<string>"))
+            for name in nested
+        ]  # fmt: skip
+        parts = F.concat(*unreadable) if unreadable else F.array().cast("array<string>")
+        loads = partial & keyable(spec)
+        corrupt = F.when(text.isNotNull() & ~is_object, text).when(partial & ~loads, text)
+        return df.withColumn(
+            UNREADABLE_COLUMN, F.when(loads, parts).otherwise(F.array().cast("array<string>"))
+        ).withColumn(CORRUPT_COLUMN, corrupt)
+
+    return step

@@ -12,11 +12,13 @@ Every session runs with ``spark.sql.session.timeZone=UTC``.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 
 from pyspark.sql import SparkSession
 
 from ometria_spark import jars
+from ometria_spark.config import Config, s3_buckets
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
@@ -36,6 +38,16 @@ LOCAL_DEFAULTS: dict[str, str] = {
 }
 
 
+_GLOB = re.compile(r"([\\\[\]{}*?])")
+
+
+def literal_path(path: str) -> str:
+    """A path as Spark's file sources read exactly that file: they take a path holding
+    ``[]{}*?\\`` for a glob pattern (``a[1].csv`` would read ``a1.csv``); escaped, each
+    such character matches itself."""
+    return _GLOB.sub(r"\\\1", path)
+
+
 def on_databricks() -> bool:
     return "DATABRICKS_RUNTIME_VERSION" in os.environ
 
@@ -45,19 +57,40 @@ def launched_by_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
-def s3a_options(endpoint: str | None, region: str = "us-east-1") -> dict[str, str]:
-    """Hadoop options for an S3-compatible endpoint (None: the AWS default endpoint)."""
+def s3a_options(
+    endpoint: str | None, region: str = "us-east-1", bucket: str | None = None
+) -> dict[str, str]:
+    """Hadoop options for an S3-compatible endpoint (None: the AWS default endpoint).
+
+    With ``bucket``, the options are S3A's per-bucket ones (``fs.s3a.bucket.B.endpoint``),
+    so that one bucket on MinIO and others on AWS work side by side.
+    """
     if not endpoint:
         return {}
+    prefix = f"fs.s3a.bucket.{bucket}." if bucket else "fs.s3a."
     return {
-        "fs.s3a.endpoint": endpoint,
-        "fs.s3a.endpoint.region": region,
-        "fs.s3a.path.style.access": "true",
-        "fs.s3a.connection.ssl.enabled": str(endpoint.startswith("https://")).lower(),
-        "fs.s3a.aws.credentials.provider": (
+        f"{prefix}endpoint": endpoint,
+        f"{prefix}endpoint.region": region,
+        f"{prefix}path.style.access": "true",
+        f"{prefix}connection.ssl.enabled": str(endpoint.startswith("https://")).lower(),
+        f"{prefix}aws.credentials.provider": (
             "software.amazon.awssdk.auth.credentials.DefaultCredentialsProvider"
         ),
     }
+
+
+def s3a_conf(config: Config) -> dict[str, str]:
+    """The per-bucket S3A options of a config: the exports' endpoint for the exports' bucket,
+    the storage endpoint for the landing zone's and the tables' buckets."""
+    options: dict[str, str] = {}
+    for key, path in s3_buckets(config):
+        if key.startswith("exports."):
+            endpoint, region = config.exports.s3_endpoint, config.exports.s3_region
+        else:
+            endpoint, region = config.storage.s3_endpoint, config.storage.s3_region
+        bucket = path.split("://", 1)[1].split("/", 1)[0]
+        options.update(s3a_options(endpoint, region, bucket))
+    return options
 
 
 def get_spark(

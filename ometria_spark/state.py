@@ -5,7 +5,9 @@
 - ``_sync_runs``: one row per run and stream: what happened, with Delta's merge metrics,
   appended in one commit when the run ends (a killed run leaves none).
 - ``_quarantine``: records and files that could not load, with the reason and raw text.
-  Keyed by md5(stream, source file, reason, raw text), so a re-merge does not duplicate.
+  Keyed by md5(stream, source, reason, raw text), the source being the API endpoint (not
+  the page, nor its run) or the export file: the same bad record read again, by a re-merge
+  or by a later run's pull, is quarantined once.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pyspark.sql.types import (
 )
 
 from ometria_spark.config import Config
+from ometria_spark.landing import storage_for
 from ometria_spark.writer import (
     TableRef,
     create_if_absent,
@@ -75,9 +78,13 @@ class RunRecord:
     rows_updated: int = 0
     quarantined: int = 0
     bad_values: int = 0
+    # Records that the spec's key made one row with another, different, record of the same
+    # load (two campaigns emailing one address in one second): the later one is kept.
+    collapsed: int = 0
     cursor_before: str | None = None
     cursor_after: str | None = None
     error: str | None = None
+    warnings: str | None = None
 
 
 RUNS_SCHEMA = StructType(
@@ -97,9 +104,18 @@ RUNS_SCHEMA = StructType(
 
 def table_ref(config: Config, table: str) -> TableRef:
     """Where one of the job's tables (data or state) lives for this config."""
-    if config.storage.tables_path:
+    tables_path = config.storage.tables_path
+    if tables_path:
+        files = (
+            storage_for(tables_path, config.storage.s3_endpoint, config.storage.s3_region)
+            if tables_path.startswith(("s3://", "s3a://"))
+            else None
+        )
         return TableRef(
-            config.table_location(table), is_path=True, catalog_name=config.table_name(table)
+            config.table_location(table),
+            is_path=True,
+            catalog_name=config.table_name(table),
+            files=files,
         )
     return TableRef(config.table_name(table), is_path=False)
 
@@ -174,7 +190,8 @@ class StateStore:
         df = self.spark.createDataFrame(
             [tuple(row[f.name] for f in RUNS_SCHEMA) for row in rows], RUNS_SCHEMA
         )
-        writer = df.write.format("delta").mode("append")
+        # mergeSchema: a table written by an earlier version gains the newer columns.
+        writer = df.write.format("delta").mode("append").option("mergeSchema", "true")
         if self.runs_ref.is_path:
             writer.save(self.runs_ref.location)
         else:
@@ -183,16 +200,19 @@ class StateStore:
     # --- quarantine ------------------------------------------------------------------
 
     def quarantine(self, rows: DataFrame, *, stream: str, run_id: str) -> int:
-        """Add rows with ``_source_file``, ``_problem`` and ``_raw``; returns how many
-        distinct items were given (re-quarantining the same record adds no row)."""
+        """Add rows with ``_source_file``, ``_source`` (the endpoint or export file the
+        record came from; its identity with the reason and text), ``_problem`` and ``_raw``;
+        returns how many distinct items were given (the same record again adds no row)."""
         table = self._table(self.quarantine_ref, QUARANTINE_SCHEMA)
+        given = [F.col(c) for c in ("_source", "_source_file") if c in rows.columns]
+        source = F.coalesce(*given, F.lit(""))
         prepared = (
             rows.select(
                 F.md5(
                     F.concat_ws(
                         "\u0001",
                         F.lit(stream),
-                        F.coalesce(F.col("_source_file"), F.lit("")),
+                        source,
                         F.col("_problem"),
                         F.coalesce(F.col("_raw"), F.lit("")),
                     )

@@ -11,33 +11,39 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ometria_spark.client import OmetriaClient, Throttle, api_key_from_env
+from ometria_spark.client import OmetriaClient, PagingFacts, Throttle, api_key_from_env
 from ometria_spark.config import Config
 from ometria_spark.crash import crash_later, crash_point
 from ometria_spark.extract import API_STREAMS, land, make_plan
 from ometria_spark.landing import Landing, Plan, storage_for
 from ometria_spark.lock import RunLock, SyncLockedError
-from ometria_spark.readers import RAW_COLUMN, SOURCE_FILE, read_records
-from ometria_spark.spark import on_databricks, s3a_options
+from ometria_spark.readers import read_records
+from ometria_spark.spark import on_databricks, s3a_conf
 from ometria_spark.state import RunRecord, StateStore, table_ref
 from ometria_spark.tables import TABLES
 from ometria_spark.transforms import (
     BAD_VALUES_COLUMN,
     ORDER_COLUMN,
     PROBLEM_COLUMN,
+    RAW_COLUMN,
+    SERVER_DATE_COLUMN,
+    SOURCE_COLUMN,
+    SOURCE_FILE,
     parse_timestamp,
     split_loadable,
     to_target,
 )
-from ometria_spark.writer import ensure_table, merge_into
+from ometria_spark.writer import TableRef, ensure_table, merge_into, table_version
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,16 @@ STREAM_ORDER: tuple[str, ...] = (
     "email_events",
 )
 CURSOR_FORMAT = "yyyy-MM-dd'T'HH:mm:ss"
+# Bumped when the same records would give other rows (the mapping or its rules changed):
+# pulls merged under another version are never skipped as "merged before".
+MAPPING_VERSION = 2
+# Session settings a run needs whatever the caller's session says (restored afterwards):
+# timestamps without an offset are UTC, cursors are rendered in UTC; a record with a part
+# of the wrong shape keeps its other fields (see readers.with_shape_checks).
+RUN_SETTINGS: dict[str, str] = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.json.enablePartialResults": "true",
+}
 
 
 @dataclass
@@ -69,6 +85,8 @@ class MergeCounts:
     updated: int = 0
     quarantined: int = 0
     bad_values: int = 0
+    collapsed: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     def add(self, other: MergeCounts) -> None:
         for name in self.__dataclass_fields__:
@@ -82,6 +100,35 @@ def _take_counts(record: RunRecord, counts: MergeCounts) -> None:
     record.rows_updated = counts.updated
     record.quarantined = counts.quarantined
     record.bad_values = counts.bad_values
+    record.collapsed = counts.collapsed
+    record.warnings = "; ".join(counts.warnings) or None
+    for warning in counts.warnings:
+        log.warning("%s: %s", record.stream, warning)
+
+
+@contextmanager
+def run_settings(spark: SparkSession) -> Iterator[None]:
+    """The session as a run needs it (``RUN_SETTINGS``), put back as it was afterwards: a
+    notebook's session in Asia/Kolkata gives the same tables and cursors as one in UTC."""
+    previous: dict[str, str | None] = {}
+    value: str | None
+    for key, value in RUN_SETTINGS.items():
+        try:
+            previous[key] = spark.conf.get(key)
+            spark.conf.set(key, value)
+        except Exception as exc:  # a platform that does not allow this one (serverless)
+            log.debug("cannot set %s: %s", key, exc)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            try:
+                if value is None:
+                    spark.conf.unset(key)
+                else:
+                    spark.conf.set(key, value)
+            except Exception as exc:
+                log.debug("cannot restore %s: %s", key, exc)
 
 
 def new_run_id(now: datetime) -> str:
@@ -117,11 +164,11 @@ def run(
     started = now or datetime.now(UTC)
     report = RunReport(new_run_id(started))
     selected = [s for s in STREAM_ORDER if s in (streams or config.sync.streams)]
-    for key, value in s3a_options(config.exports.s3_endpoint, config.exports.s3_region).items():
+    for key, value in s3a_conf(config).items():
         spark.conf.set(key, value)
     landing = Landing(
         config.storage.raw_path,
-        storage_for(config.storage.raw_path, config.exports.s3_endpoint, config.exports.s3_region),
+        storage_for(config.storage.raw_path, config.storage.s3_endpoint, config.storage.s3_region),
     )
     lock = RunLock(landing.root, landing.storage)
     try:
@@ -135,10 +182,11 @@ def run(
             )
         return report
     try:
-        state = StateStore(spark, config)
-        _run_streams(
-            spark, config, state, landing, report, selected, full_refresh, started, on_page
-        )
+        with run_settings(spark):
+            state = StateStore(spark, config)
+            _run_streams(
+                spark, config, state, landing, report, selected, full_refresh, started, on_page
+            )
     finally:
         lock.release(report.run_id)
     return report
@@ -169,7 +217,9 @@ def _run_streams(
                 page_size=config.api.page_size,
                 timeout=config.api.timeout_seconds,
                 max_attempts=config.api.max_attempts,
+                max_retry_wait=config.api.max_retry_wait_seconds,
                 throttle=Throttle(config.api.requests_per_second),
+                paging=PagingFacts(landing.paging_facts(), on_change=landing.save_paging_facts),
             )
         except Exception as exc:  # reported by each API stream below
             setup_error = exc
@@ -375,28 +425,32 @@ def merge_pull(
     the cursor and mark the pull merged, in that order.
 
     With ``skip_unchanged``, a pull whose every record the last merged pull already held
-    (by digest), with the cursors that merge left, changes nothing, and is marked merged
-    without reading it with Spark.
+    (by digest), into the same table at the version that merge left, with the same cursors
+    and the same mapping, changes nothing, and is marked merged without reading it.
     """
     spec = TABLES[plan.stream]
+    ref = table_ref(config, spec.name)
     paths = landing.page_paths(plan)
     counts = MergeCounts(pages=len(paths))
     new_cursors: dict[str, str] = {}
+    target = _target(config, ref)
     digests = landing.digests(plan) if skip_unchanged else None
-    # The skip needs the state the last merge left: the same committed cursors (a user who
-    # moved them back, to load again, gets the MERGE).
-    if digests and landing.last_merged_cursors(plan.stream) == state.cursors(plan.stream):
-        last = landing.last_merged_digests(plan.stream)
-        if last is not None and digests <= last:
-            log.info("%s: all %d records were merged before", spec.name, len(digests))
-            counts.records_read = len(digests)
-            paths = []
+    skipped = digests is not None and _merged_before(
+        spark, landing, state, plan, ref, target, digests
+    )
+    if skipped and digests is not None:
+        log.info("%s: all %d records were merged before", spec.name, len(digests))
+        counts.records_read = len(digests)
+        paths = []
+    if plan.rejects:
+        counts.quarantined += _quarantine_rejects(spark, state, landing, plan)
     if paths:
         # One pass over the files, kept for the passes below: rows in the table's shape,
         # plus what the quarantine and the cursors read (an unreadable page is a row with
         # a _problem too). A local checkpoint rather than .cache(): cheaper to fill (rows,
         # not compressed columns), and a plain RDD to the MERGE (as in exports.py).
-        keep = (SOURCE_FILE, PROBLEM_COLUMN, RAW_COLUMN, *CURSOR_FIELDS.get(plan.stream, ()))
+        keep = (SOURCE_FILE, SOURCE_COLUMN, PROBLEM_COLUMN, RAW_COLUMN, SERVER_DATE_COLUMN,
+                *CURSOR_FIELDS.get(plan.stream, ()))  # fmt: skip
         rows = (
             read_records(spark, paths, spec)
             .transform(
@@ -419,26 +473,88 @@ def merge_pull(
         counts.records_read = int(totals["read"])
         good, bad = split_loadable(rows)
         if totals["bad"]:
-            rejected = bad.select(SOURCE_FILE, PROBLEM_COLUMN, RAW_COLUMN)
-            counts.quarantined = state.quarantine(rejected, stream=plan.stream, run_id=plan.run_id)
+            rejected = bad.select(SOURCE_FILE, SOURCE_COLUMN, PROBLEM_COLUMN, RAW_COLUMN)
+            counts.quarantined += state.quarantine(rejected, stream=plan.stream, run_id=plan.run_id)
         if int(totals["rows"]) > int(totals["bad"]):
             crash_later(f"merging:{plan.stream}")
-            metrics = merge_into(spark, good, spec, table_ref(config, spec.name))
+            metrics = merge_into(spark, good, spec, ref)
             counts.inserted, counts.updated = metrics.inserted, metrics.updated
-            summary = observed(plan.stream, good, good)
+            counts.collapsed = metrics.collapsed
+            summary = observed(plan.stream, good)
             counts.bad_values = summary.bad_values
+            counts.warnings += summary.warnings
             new_cursors.update(summary.cursors)
         else:  # nothing to merge (the hourly case): skip the MERGE, but the table exists
-            ensure_table(spark, spec, table_ref(config, spec.name))
+            ensure_table(spark, spec, ref)
         _release(rows)
+    elif not skipped:  # a pull of no page (no list to read changes of): the table exists
+        ensure_table(spark, spec, ref)
     crash_point(f"merged:{plan.stream}")
     # The MERGE has committed: only now may the cursor move past this data.
     if new_cursors and move_cursors:
         old = state.cursors(plan.stream)
         forward = {k: v for k, v in new_cursors.items() if k not in old or v > old[k]}
         state.set_cursors(plan.stream, forward, plan.run_id)
-    landing.mark_merged(plan, state.cursors(plan.stream))
+    target["table"] = table_version(spark, ref)
+    landing.mark_merged(plan, state.cursors(plan.stream), target)
     return counts
+
+
+def _target(config: Config, ref: TableRef) -> dict[str, Any]:
+    """What a pull's rows are made with and written into, besides its records: the last
+    merge notes it, and a pull is skipped as merged before only when it is the same."""
+    return {
+        "location": ref.location,
+        "source_id": config.source_id,
+        "account_id": config.account_id,
+        "mapping": MAPPING_VERSION,
+    }
+
+
+def _merged_before(
+    spark: SparkSession,
+    landing: Landing,
+    state: StateStore,
+    plan: Plan,
+    ref: TableRef,
+    target: dict[str, Any],
+    digests: set[str],
+) -> bool:
+    """True when merging the pull would change nothing: every record is one the stream's
+    last merge held, that merge wrote into this very table (its version is still the one it
+    left: nothing dropped, re-created or changed it since) with the same settings, and the
+    committed cursors are the ones it left (a user who moved them back gets the MERGE)."""
+    last = landing.last_merged_digests(plan.stream)
+    if last is None or not digests <= last:
+        return False
+    if landing.last_merged_cursors(plan.stream) != state.cursors(plan.stream):
+        return False
+    noted = landing.last_merged_target(plan.stream)
+    if noted is None or {k: v for k, v in noted.items() if k != "table"} != target:
+        return False
+    return noted.get("table") is not None and noted["table"] == table_version(spark, ref)
+
+
+def _quarantine_rejects(
+    spark: SparkSession, state: StateStore, landing: Landing, plan: Plan
+) -> int:
+    """Quarantine the bad elements the pull's planning met (under the stream that owns
+    their endpoint, and with the same identity, so that each is quarantined once)."""
+    plan_file = landing.storage.spark_path(f"{landing.folder(plan.stream, plan.run_id)}/_plan.json")
+    total = 0
+    for stream in sorted({str(r["stream"]) for r in plan.rejects}):
+        rows = [
+            (plan_file, r["request"], r["reason"], r["raw"])
+            for r in plan.rejects
+            if r["stream"] == stream
+        ]
+        frame = spark.createDataFrame(
+            rows,
+            f"{SOURCE_FILE} string, {SOURCE_COLUMN} string, {PROBLEM_COLUMN} string, "
+            f"{RAW_COLUMN} string",
+        )
+        total += state.quarantine(frame, stream=stream, run_id=plan.run_id)
+    return total
 
 
 def _release(checkpointed: DataFrame) -> None:
@@ -455,31 +571,59 @@ CURSOR_FIELDS: dict[str, tuple[str, ...]] = {
     "unsubscribes": ("timestamp",),
     "member_lists": ("id", "timestamp"),
 }
+# Records stamped later than this past the server's clock are reported (a clock slip of
+# the source, or a placeholder date such as 2099).
+FUTURE_SLACK_SECONDS = 300
 
 
 @dataclass
 class Observed:
     cursors: dict[str, str]
     bad_values: int
+    warnings: list[str] = field(default_factory=list)
 
 
-def observed(stream: str, good: DataFrame, prepared: DataFrame) -> Observed:
-    """What the merged records tell: the newest source timestamps (the server's clock, not
-    ours) as the next cursors, and how many values did not parse."""
-    bad_values = prepared.agg(F.sum(F.size(BAD_VALUES_COLUMN))).first()
+def observed(stream: str, good: DataFrame) -> Observed:
+    """What the merged records tell: the next cursors, and how many values did not parse.
+
+    A cursor is the newest source timestamp merged (the server's clock, not ours), but
+    never later than one second before the server's clock (its ``Date``) when the first
+    page of its scope was fetched: a record on an early page that changes while later
+    pages are fetched is older than the newest record of those, and a pull can take
+    longer than the lookback; a record stamped in the future (2099) would stop every
+    later pull. This is the Singer SDK's "signpost": the state never passes the moment
+    the sync began. Records stamped after their page's server time are reported.
+    """
+    bad_values = good.agg(F.sum(F.size(BAD_VALUES_COLUMN))).first()
     bad = int(bad_values[0] or 0) if bad_values is not None else 0
-
-    def latest(column: str) -> Column:
-        return F.date_format(F.max(parse_timestamp(F.col(column))), CURSOR_FORMAT)
-
-    if stream in ("profiles", "unsubscribes"):
-        column = "update_since" if stream == "profiles" else "timestamp"
-        row = good.agg(latest(column).alias("c")).first()
-        return Observed({"": row["c"]} if row is not None and row["c"] else {}, bad)
-    if stream == "member_lists":
-        rows = good.groupBy("id").agg(latest("timestamp").alias("c")).collect()
-        return Observed({r["id"]: r["c"] for r in rows if r["c"]}, bad)
-    return Observed({}, bad)
+    fields_ = CURSOR_FIELDS.get(stream)
+    if not fields_:
+        return Observed({}, bad)
+    stamp = parse_timestamp(F.col(fields_[-1]))
+    server = parse_timestamp(F.col(SERVER_DATE_COLUMN))
+    late = stamp > server + F.expr(f"INTERVAL {FUTURE_SLACK_SECONDS} SECONDS")
+    scope = F.col("id") if stream == "member_lists" else F.lit("")
+    rows = (
+        good.groupBy(scope.alias("scope"))
+        .agg(
+            F.date_format(
+                F.least(F.max(stamp), F.min(server) - F.expr("INTERVAL 1 SECOND")), CURSOR_FORMAT
+            ).alias("cursor"),
+            F.count_if(late).alias("late"),
+            F.date_format(F.max(F.when(late, stamp)), CURSOR_FORMAT).alias("latest"),
+        )
+        .collect()
+    )
+    cursors = {r["scope"]: r["cursor"] for r in rows if r["cursor"]}
+    late_count = sum(int(r["late"]) for r in rows)
+    warnings = []
+    if late_count:
+        latest = max(r["latest"] for r in rows if r["latest"])
+        warnings.append(
+            f"{late_count} record(s) stamped after the server's clock (latest {latest}): "
+            "loaded, but the cursor stops at the server's time"
+        )
+    return Observed(cursors, bad, warnings)
 
 
 def _sync_email_events(
@@ -514,6 +658,7 @@ def _sync_email_events(
             updated=result.updated,
             quarantined=result.quarantined,
             bad_values=result.bad_values,
+            collapsed=result.collapsed,
         ),
     )
     if result.files_rejected:

@@ -54,13 +54,32 @@ class Column:
 class TableSpec:
     name: str
     columns: tuple[Column, ...]
-    # Raw fields concatenated after source_id, in order, to form the md5 key.
+    # Raw fields concatenated after source_id, in order, to form the md5 key. A missing part
+    # counts as the empty string (ometria-sources.md, section 3): a record is loadable when
+    # it has at least one of its own key parts (``record_key_fields``); only a record with
+    # none of them cannot be keyed, and is quarantined.
     key_fields: tuple[str, ...]
-    # Columns a record must have (non-empty) to be loadable; others may be NULL.
-    required_fields: tuple[str, ...]
+    # Key parts that come from the request, not the record (member_lists: the list id).
+    context_fields: tuple[str, ...] = ()
+    # Target columns that tell two source records apart when the spec's key makes them one
+    # row (two campaigns emailing one address in one second): counted as collapsed.
+    collision_columns: tuple[str, ...] = ()
     # Delta liquid-clustering columns (email events: by time, so a MERGE of new events
     # can skip the files of old ones).
     cluster_by: tuple[str, ...] = ()
+
+    @property
+    def record_key_fields(self) -> tuple[str, ...]:
+        """The key parts a record carries itself: it is loadable when one is not blank."""
+        return tuple(f for f in self.key_fields if f not in self.context_fields)
+
+    @property
+    def unkeyable_reason(self) -> str:
+        """The quarantine reason of a record without any of its own key parts."""
+        fields = self.record_key_fields
+        if len(fields) == 1:
+            return f"missing required field '{fields[0]}'"
+        return f"missing every key field ({', '.join(fields)})"
 
     @property
     def properties(self) -> dict[str, str]:
@@ -169,7 +188,6 @@ PROFILES = TableSpec(
         *_METADATA,
     ),
     key_fields=("id",),
-    required_fields=("id",),
 )
 
 MEMBER_LISTS = TableSpec(
@@ -185,7 +203,9 @@ MEMBER_LISTS = TableSpec(
     ),
     # `id` is the list id, taken from the request path (/lists/{id}/changes) by the reader.
     key_fields=("id", "profile_id", "timestamp"),
-    required_fields=("id", "profile_id", "timestamp"),
+    context_fields=("id",),
+    # A list enter and exit of one profile in one second; changes without a profile id.
+    collision_columns=("event", "email"),
 )
 
 LISTS = TableSpec(
@@ -201,7 +221,6 @@ LISTS = TableSpec(
         *_METADATA,
     ),
     key_fields=("id",),
-    required_fields=("id",),
 )
 
 EMAIL_EVENTS = TableSpec(
@@ -225,7 +244,8 @@ EMAIL_EVENTS = TableSpec(
         *_METADATA,
     ),
     key_fields=("to_address", "event_type", "dt_occurred"),
-    required_fields=("to_address", "event_type", "dt_occurred"),
+    # Two sends (campaigns) to one address in one second.
+    collision_columns=("event_id", "send_id"),
     cluster_by=("event_at",),
 )
 
@@ -244,7 +264,9 @@ UNSUBSCRIBES = TableSpec(
         *_METADATA,
     ),
     key_fields=("profile_id", "timestamp"),
-    required_fields=("profile_id", "timestamp"),
+    # Unsubscribes without a profile id (Ometria sends some with only an email address) of
+    # two addresses in one second; two sends unsubscribed from in one second.
+    collision_columns=("email", "send_id"),
 )
 
 TABLES: dict[str, TableSpec] = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from functools import reduce
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -17,10 +18,16 @@ from pyspark.sql.types import BooleanType, DateType, StringType, TimestampType
 from ometria_spark.tables import ACCOUNT_ID, KEY_COLUMN, SOURCE_ID, SYNCED_AT, TableSpec
 
 # Raw columns that readers attach to every record.
+RAW_COLUMN = "_raw"  # the record's text, for the quarantine
+SOURCE_FILE = "_source_file"  # the landed page or export file it came from
+SOURCE_COLUMN = "_source"  # where the source sent it from: the endpoint, or the export file
+SERVER_DATE_COLUMN = "_server_date"  # the server's clock when its page was fetched
+UNREADABLE_COLUMN = "_unreadable"  # parts of a record of the wrong shape, read as NULL
 CORRUPT_COLUMN = "_corrupt_record"  # set when the record does not fit the raw schema
 ORDER_COLUMN = "_fetch_order"  # higher = fetched later; the latest version of a key wins
 PROBLEM_COLUMN = "_problem"  # why a record is quarantined (NULL: loadable)
 BAD_VALUES_COLUMN = "_bad_values"  # target columns whose non-empty raw value did not parse
+NOT_A_RECORD = "record does not match the expected shape"
 
 # The timestamp shapes Ometria sends: profiles/lists `2015-11-03T11:48:10+00:00`,
 # unsubscribes `2017-05-17 22:08:07+00`, exports `2026-01-01 10:11:12`; a value without an
@@ -92,23 +99,23 @@ def _parse(col: Column, dtype: object) -> Column:
 # --- DataFrame steps --------------------------------------------------------------------
 
 
+def keyable(spec: TableSpec, value: Callable[[str], Column] = F.col) -> Column:
+    """True when a record has at least one of its own key parts (not blank): a missing part
+    counts as the empty string in the key, but a record with none cannot be keyed."""
+    present = [blank_to_null(value(f)).isNotNull() for f in spec.record_key_fields]
+    return reduce(lambda a, b: a | b, present)
+
+
 def with_problems(spec: TableSpec) -> Callable[[DataFrame], DataFrame]:
-    """Add ``_problem``: why a record cannot load (bad shape, a required field missing)."""
+    """Add ``_problem``: why a record cannot load (not a record, or no key part at all)."""
 
     def step(df: DataFrame) -> DataFrame:
-        checks: list[tuple[Column, str]] = []
+        problem = F.when(~keyable(spec), F.lit(spec.unkeyable_reason))
         if CORRUPT_COLUMN in df.columns:
-            checks.append(
-                (F.col(CORRUPT_COLUMN).isNotNull(), "record does not match the expected shape")
+            problem = F.when(F.col(CORRUPT_COLUMN).isNotNull(), F.lit(NOT_A_RECORD)).otherwise(
+                problem
             )
-        for field in spec.required_fields:
-            checks.append(
-                (blank_to_null(F.col(field)).isNull(), f"missing required field '{field}'")
-            )
-        problem = F.lit(None).cast(StringType())
-        for condition, reason in reversed(checks):
-            problem = F.when(condition, F.lit(reason)).otherwise(problem)
-        return df.withColumn(PROBLEM_COLUMN, problem)
+        return df.withColumn(PROBLEM_COLUMN, problem.cast(StringType()))
 
     return step
 
@@ -162,13 +169,16 @@ def to_target(
         # value a second time, and concat of arrays (not a higher-order filter) keeps the
         # whole step in generated code.
         kept = [c for c in keep if c in df.columns]
-        target = df.select(*selected, *inputs, order.alias(ORDER_COLUMN), *kept)
+        extra = [c for c in (UNREADABLE_COLUMN,) if c in df.columns and c not in kept]
+        target = df.select(*selected, *inputs, order.alias(ORDER_COLUMN), *kept, *extra)
         bad = [
             F.when(
                 F.col(_raw_name(name)).isNotNull() & F.col(name).isNull(), F.array(F.lit(name))
             ).otherwise(F.array().cast("array<string>"))
             for name in parsed
         ]
+        if UNREADABLE_COLUMN in df.columns:  # parts of a wrong shape, read as NULL
+            bad.append(F.coalesce(F.col(UNREADABLE_COLUMN), F.array().cast("array<string>")))
         bad_values = F.concat(*bad) if bad else F.array().cast("array<string>")
         return target.select(
             *spec.column_names, bad_values.alias(BAD_VALUES_COLUMN), ORDER_COLUMN, *kept

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import reduce
 
 from delta.exceptions import DeltaConcurrentModificationException
@@ -15,6 +16,8 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
+from ometria_spark.crash import crash_later
+from ometria_spark.landing import LocalStorage, Storage, local_root
 from ometria_spark.tables import KEY_COLUMN, SYNCED_AT, TableSpec
 from ometria_spark.transforms import finalize, latest_per_key, validate_columns
 
@@ -47,6 +50,20 @@ class TableRef:
     is_path: bool
     # In path mode, also registered under this name in the session catalog (may be None).
     catalog_name: str | None = None
+    # In path mode, the table folder's files as Python sees them (to clear what a run killed
+    # while creating the table left); local paths need none, other schemes go without.
+    files: Storage | None = field(default=None, compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.location.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[-1]
+
+    @property
+    def sql(self) -> str:
+        """The table in SQL: ``delta.`path``` or the quoted catalog name."""
+        if self.is_path:
+            return "delta." + _quote(self.location)
+        return ".".join(_quote(n) for n in self.location.split("."))
 
 
 @dataclass(frozen=True)
@@ -54,6 +71,9 @@ class MergeMetrics:
     affected: int
     inserted: int
     updated: int
+    # Source records that the key made one row with another, different, record (see
+    # ``TableSpec.collision_columns``): all but the latest are lost to the table.
+    collapsed: int = 0
 
 
 def table_exists(spark: SparkSession, ref: TableRef) -> bool:
@@ -90,6 +110,9 @@ def create_if_absent(
             _KNOWN.discard(known)
     existing = _open_existing(spark, ref)
     if existing is None:
+        if ref.is_path:
+            _clear_uncommitted(ref)
+        crash_later(f"creating:{ref.name}")
         builder = DeltaTable.createIfNotExists(spark).addColumns(schema)
         builder = builder.location(ref.location) if ref.is_path else builder.tableName(ref.location)
         if cluster_by:
@@ -113,6 +136,50 @@ def _open_existing(spark: SparkSession, ref: TableRef) -> DeltaTable | None:
         return DeltaTable.forPath(spark, ref.location)
     except AnalysisException:  # "... is not a Delta table" (no table there yet)
         return None
+
+
+# A commit of a Delta table: a version file, a checkpoint, a staged (coordinated) commit.
+_COMMIT = re.compile(
+    r"^_delta_log/(\d{20}\.json|\d{20}\.checkpoint.*|_last_checkpoint|_staged_commits/.+\.json)$"
+)
+
+
+def _clear_uncommitted(ref: TableRef) -> None:
+    """Make a table folder without any commit (a run killed while creating the table left
+    ``_delta_log/`` without its first commit) absent again, so the table can be created:
+    Delta would take the folder for a table it cannot find, on every later run. Files other
+    than Delta's log in such a folder are not ours: that is an error naming them."""
+    location = ref.location.rstrip("/")
+    files = ref.files
+    if files is None and "://" not in location.replace("file://", "", 1):
+        files = LocalStorage()
+        location = local_root(location)
+    if files is None:
+        return
+    names = files.list_tree(location)
+    if any(_COMMIT.match(name) for name in names):
+        return  # a table after all: let Delta open it (or say what is wrong)
+    strays = [name for name in names if not name.startswith("_delta_log/")]
+    if strays:
+        raise RuntimeError(
+            f"{ref.location} holds files ({', '.join(strays[:3])}) but no Delta commit: "
+            "it is not a table; move them away or choose another storage.tables_path"
+        )
+    if files.remove_tree(f"{location}/_delta_log"):
+        log.warning("%s: a table folder without a commit (a run was killed while creating "
+                    "it); creating the table again", ref.location)  # fmt: skip
+
+
+def table_version(spark: SparkSession, ref: TableRef) -> dict[str, object] | None:
+    """The table's latest version and its commit time (None: no table there)."""
+    try:
+        row = spark.sql(f"DESCRIBE HISTORY {ref.sql} LIMIT 1").select("version", "timestamp")
+        last = row.first()
+    except AnalysisException:
+        return None
+    if last is None:
+        return None
+    return {"version": int(last["version"]), "committed": str(last["timestamp"])}
 
 
 def ensure_table(spark: SparkSession, spec: TableSpec, ref: TableRef) -> DeltaTable:
@@ -176,7 +243,16 @@ def merge_into(
     """
     # De-duplicating sorts every row by key; checking for a repeated key only shuffles the
     # keys, and a pull or an export rarely repeats one.
+    collapsed = 0
     if _has_repeated_keys(source):
+        collapsed = collapsed_records(source, spec)
+        if collapsed:
+            log.warning(
+                "%s: %d record(s) had the key of another, different, record of the same "
+                "load; the latest of each key is kept",
+                spec.name,
+                collapsed,
+            )
         source = source.transform(latest_per_key())
     source = source.transform(finalize(spec))
     validate_columns(source, spec)
@@ -186,7 +262,8 @@ def merge_into(
         condition = condition & prune
     for attempt in range(1, attempts + 1):
         try:
-            return _upsert(table, source, spec, condition)
+            metrics = _upsert(table, source, spec, condition)
+            return MergeMetrics(metrics.affected, metrics.inserted, metrics.updated, collapsed)
         except Exception as exc:
             if attempt == attempts or not is_write_conflict(exc):
                 raise
@@ -269,6 +346,17 @@ def _release(checkpointed: DataFrame) -> None:
 def _has_repeated_keys(source: DataFrame) -> bool:
     repeated = source.groupBy(KEY_COLUMN).count().where(F.col("count") > 1)
     return repeated.limit(1).count() > 0
+
+
+def collapsed_records(source: DataFrame, spec: TableSpec) -> int:
+    """How many records share their key with another record that differs in the spec's
+    collision columns (re-reads of one record do not count): per key, distinct - 1."""
+    if not spec.collision_columns:
+        return 0
+    distinct = F.count_distinct(F.struct(*[F.col(c) for c in spec.collision_columns]))
+    per_key = source.groupBy(KEY_COLUMN).agg(distinct.alias("versions"))
+    total = per_key.agg(F.sum(F.col("versions") - 1)).first()
+    return int(total[0] or 0) if total is not None else 0
 
 
 def _never_written(table: DeltaTable) -> bool:

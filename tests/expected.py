@@ -102,9 +102,9 @@ def member_lists(ds: Dataset, source: str, account: str) -> list[tuple[Any, ...]
 def unsubscribes(ds: Dataset, source: str, account: str) -> list[tuple[Any, ...]]:
     rows = {}
     for u in ds.unsubscribes:
-        key = md5(source, u["profile_id"], u["timestamp"])
+        key = md5(source, u.get("profile_id"), u["timestamp"])
         rows[key] = (
-            key, u["profile_id"], text(u.get("email_address")), when(u["timestamp"]),
+            key, u.get("profile_id"), text(u.get("email_address")), when(u["timestamp"]),
             text(u.get("send_id")), text(u.get("mass_campaign_id")),
             text(u.get("trigger_campaign_id")), text(u.get("reason")),
             text(u.get("reason_text")), account, source, key,

@@ -51,7 +51,8 @@ def make_client(server: EmulatorServer, **kwargs: object) -> OmetriaClient:
 
 
 def records(pages: Iterator[Page]) -> list[object]:
-    return [r for page in pages for r in page.records]
+    """The records the pages deliver (each page after the first re-reads its anchor)."""
+    return [r for page in pages for r in page.fresh]
 
 
 def statuses(server: EmulatorServer) -> list[int]:
@@ -63,19 +64,30 @@ def test_profiles_full_pull_lands_every_record_in_order(
 ) -> None:
     with make_client(server) as client:
         pages = list(client.profile_pages())
-    assert [r for p in pages for r in p.records] == dataset.profiles
-    assert [p.offset for p in pages] == [0, 100, 200, 300, 400]
+    assert [r for p in pages for r in p.fresh] == dataset.profiles
+    # Each page after the first starts on the last record of the one before (the anchor,
+    # which shows whether records shifted), and marks it as a repeat.
+    assert [p.offset for p in pages] == [0, 99, 198, 297, 396]
+    assert [p.repeats for p in pages] == [(), (0,), (0,), (0,), (0,)]
     assert [p.page_number for p in pages] == [0, 1, 2, 3, 4]
     assert pages[0].endpoint == "/profiles"
-    assert pages[1].params == {"limit": "100", "offset": "100"}
+    assert pages[1].params == {"limit": "100", "offset": "99"}
     assert pages[0].fetched_at.endswith("Z")
-    assert [r.params for r in server.request_log][-1] == {"limit": "100", "offset": "400"}
+    # The server's clock (the emulated account's), from the Date header.
+    assert {p.server_date for p in pages} == {"2026-01-01T00:00:00Z"}
+    assert [r.params for r in server.request_log][-1] == {"limit": "100", "offset": "396"}
 
 
 def test_profiles_resume_from_start_offset(server: EmulatorServer, dataset: Dataset) -> None:
     with make_client(server) as client:
         got = records(client.profile_pages(start_offset=300))
     assert got == dataset.profiles[300:]
+    # With the records landed last, the resumed request checks its anchor first.
+    server.reset_log()
+    with make_client(server) as client:
+        got = records(client.profile_pages(start_offset=300, tail=dataset.profiles[200:300]))
+    assert got == dataset.profiles[300:]
+    assert server.request_log[0].params["offset"] == "299"
 
 
 @pytest.mark.parametrize("fault", ["429", "500", "503", "drop", "truncated"])
@@ -137,7 +149,7 @@ def test_list_changes_land_every_change_since(server: EmulatorServer, dataset: D
     server.inject("drop", path=f"/lists/{list_id}/changes")
     with make_client(server, page_size=7) as client:
         pages = list(client.list_change_pages(list_id, since))
-    assert [r for p in pages for r in p.records] == expected
+    assert [r for p in pages for r in p.fresh] == expected
     assert pages[0].endpoint == f"/lists/{list_id}/changes"
     assert pages[0].params == {"since": since, "limit": "7", "offset": "0"}
 
@@ -200,7 +212,7 @@ def test_server_ignoring_offset_fails_the_request_after_the_first_page(
     with make_client(server) as client:
         pages = client.profile_pages()
         first = next(pages)
-        with pytest.raises(ApiError, match="/profiles ignores offset: the page at offset 100"):
+        with pytest.raises(ApiError, match="/profiles ignores offset: the page at offset 99"):
             next(pages)
     assert first.records == dataset.profiles[:PAGE]
     assert len(server.request_log) == 2

@@ -46,7 +46,7 @@ def test_s3a_load_equals_local_load(spark: SparkSession, s3_endpoint: str, tmp_p
 
     assert s3_result == local_result == EmailEventsResult(
         files_seen=2, files_loaded=2, files_rejected=[], rows_read=6, inserted=5, updated=0,
-        quarantined=0, bad_values=1, files_new=2,
+        quarantined=0, bad_values=1, files_new=2, collapsed=1,
     )  # fmt: skip
     assert_same(from_s3.rows(), from_local.rows())
     assert_same(from_s3.rows(), events(spark, rows_after_a_and_b(SYNCED_1)))

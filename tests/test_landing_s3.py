@@ -27,8 +27,8 @@ def test_sync_with_the_landing_zone_in_s3(
                 "source_id": SOURCE,
                 "api": {"base_url": server.url, "key_env": "OMETRIA_TEST_KEY", "page_size": 100,
                         "requests_per_second": 200},
-                "exports": {"s3_endpoint": s3_endpoint},
-                "storage": {"raw_path": f"s3a://{BUCKET}/raw", "tables_path": str(tmp_path)},
+                "storage": {"raw_path": f"s3a://{BUCKET}/raw", "tables_path": str(tmp_path),
+                            "s3_endpoint": s3_endpoint},
                 "sync": {"streams": ["lists", "profiles"], "start_date": "2025-06-01"},
             }
         )  # fmt: skip
@@ -39,5 +39,5 @@ def test_sync_with_the_landing_zone_in_s3(
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="raw/")["Contents"]]
     profile_pages = [k for k in keys if k.startswith("raw/profiles/") and k.endswith(".json")]
-    assert len([k for k in profile_pages if "/r0000-o" in k]) == 3  # 250 profiles, pages of 100
+    assert len([k for k in profile_pages if "/r0000-p" in k]) == 3  # 250 profiles, pages of 100
     assert any(k.endswith("/_merged") for k in keys if k.startswith("raw/profiles/"))

@@ -42,10 +42,12 @@ def test_a_pull_stopped_half_way_resumes_after_its_landed_pages(
     (record,) = first.streams
     assert (record.status, record.error) == ("failed", "Interrupted: stopped after 3 pages")
     (pull,) = (tmp_path / "raw" / "profiles").iterdir()
+    # Pages are named by their number in the request; each after the first starts on the
+    # last record of the one before (the pager's anchor).
     assert sorted(p.name for p in pull.glob("r*")) == [
-        "r0000-o000000000.json",
-        "r0000-o000000100.json",
-        "r0000-o000000200.json",
+        "r0000-p000000-o000000000.json",
+        "r0000-p000001-o000000099.json",
+        "r0000-p000002-o000000198.json",
     ]
     assert not (tmp_path / "t" / "profiles").exists()  # nothing merged, no cursor
 
@@ -57,10 +59,11 @@ def test_a_pull_stopped_half_way_resumes_after_its_landed_pages(
         for r in emulator.request_log
         if r.path.endswith("/profiles") and "updateSince" not in r.params
     ]
-    # The resumed request goes on after its 3 landed pages (offset 600 is the empty page
-    # that ends it). Its pages came from two runs, so merging it moves no cursor, and the run
-    # then pulls from the committed cursor: none yet, a full pull (its rows are unchanged).
-    assert full_pull_offsets == [300, 400, 500, 600, 0, 100, 200, 300, 400, 500, 600]
+    # The resumed request goes on after its 3 landed pages, from their last record (offset
+    # 594 holds the last 6 profiles: the end). Its pages came from two runs, so merging it
+    # moves no cursor, and the run then pulls from the committed cursor: none yet, a full
+    # pull (its rows are unchanged).
+    assert full_pull_offsets == [297, 396, 495, 594, 0, 99, 198, 297, 396, 495, 594]
     assert (second.streams[0].rows_inserted, second.streams[0].rows_updated) == (600, 0)
     assert (pull / "_resumed").exists() and (pull / "_merged").exists()
     assert_tables_match(spark, config, emulator.dataset, ("profiles",))
@@ -77,10 +80,9 @@ def test_bad_pages_and_records_are_quarantined_and_the_rest_loads(
     monkeypatch.setenv("OMETRIA_TEST_KEY", KEY)
     config = make_config(tmp_path, emulator)
     good = {"id": "0000-crafted-000001", "email": "ok@example.com", "date_of_birth": "1990-13-45"}
-    bad_records = [
-        {"email": "no-id@example.com"},
-        {"id": "0000-crafted-000002", "properties": "a string where an object belongs"},
-    ]
+    # A part of the wrong shape: the row loads with that part NULL (a bad value).
+    odd = {"id": "0000-crafted-000002", "properties": "a string where an object belongs"}
+    bad_records = [{"email": "no-id@example.com"}, 42]
     # A pull an earlier run landed but did not merge: one page of mixed records, one page
     # that is not JSON at all.
     landing = Landing(config.storage.raw_path, LocalStorage())
@@ -90,7 +92,7 @@ def test_bad_pages_and_records_are_quarantined_and_the_rest_loads(
         "stream": "profiles", "run_id": plan.run_id, "page": 0, "offset": 0,
         "fetched_at": "2020-01-01T00:00:00Z",
         "request": {"endpoint": "/profiles", "params": {"limit": "100", "offset": "0"}},
-        "context": {}, "records": [good, *bad_records],
+        "context": {}, "records": [good, odd, *bad_records],
     }  # fmt: skip
     landing.write_page(plan, 0, page)
     folder = Path(landing.folder("profiles", plan.run_id))
@@ -100,8 +102,8 @@ def test_bad_pages_and_records_are_quarantined_and_the_rest_loads(
     report = run(spark, config, streams=("profiles",))
     assert report.ok, report.streams
     record = report.streams[0]
-    assert (record.quarantined, record.bad_values) == (3, 1)
-    assert record.rows_inserted == 601  # the crafted good record + the emulator's 600
+    assert (record.quarantined, record.bad_values) == (3, 2)
+    assert record.rows_inserted == 602  # the crafted good records + the emulator's 600
 
     quarantine = spark.read.format("delta").load(config.table_location(QUARANTINE_TABLE))
     rows = sorted(
@@ -111,10 +113,9 @@ def test_bad_pages_and_records_are_quarantined_and_the_rest_loads(
     assert rows == [
         ("landed page is not a valid JSON page", "r0000-o000000100.json",
          '{"stream": "profiles", "records": [{"id"'),
-        ("missing required field 'id'", "r0000-o000000000.json",
+        ("missing required field 'id'", "r0000-p000000-o000000000.json",
          json.dumps(bad_records[0], separators=(",", ":"))),
-        ("record does not match the expected shape", "r0000-o000000000.json",
-         json.dumps(bad_records[1], separators=(",", ":"))),
+        ("record does not match the expected shape", "r0000-p000000-o000000000.json", "42"),
     ]  # fmt: skip
     profiles = spark.read.format("delta").load(config.table_location("profiles"))
     crafted = profiles.where("profile_id = '0000-crafted-000001'").select(

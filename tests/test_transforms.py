@@ -124,7 +124,8 @@ def test_profiles(spark: SparkSession) -> None:
             "is_email_valid": False,
         },
         {"email": "noid@example.com"},  # no id: quarantined
-        {"id": "2695-bbbbbb-000004", "properties": "not an object"},  # wrong shape
+        # A part of the wrong shape: the row loads, the part is NULL and counted.
+        {"id": "2695-bbbbbb-000004", "properties": "not an object", "email": "b@example.com"},
         {**ZOE, "email": "zoe.new@example.com"},  # fetched later: wins over the first
         {  # ids and codes that arrive as JSON numbers keep their text
             "id": "2695-cccccc-000003",
@@ -142,6 +143,7 @@ def test_profiles(spark: SparkSession) -> None:
     zoe_key = md5(SOURCE, "2695-c473e2-4aaf58")
     taro_key = md5(SOURCE, "2695-aaaaaa-000002")
     berlin_key = md5(SOURCE, "2695-cccccc-000003")
+    shape_key = md5(SOURCE, "2695-bbbbbb-000004")
     assert zoe_key == hashlib.md5(b"ometria-src-12695-c473e2-4aaf58").hexdigest()
     want = expected(
         spark,
@@ -169,19 +171,22 @@ def test_profiles(spark: SparkSession) -> None:
                 ts(2026, 11, 1, 9, 0, 0), None, None,
                 ACCOUNT, SOURCE, berlin_key, SYNCED,
             ),
+            (
+                "2695-bbbbbb-000004", "b@example.com", None, None, None, None, None, None,
+                None, None, None, None, None, None, None, None, None, None, None, None, None,
+                None, ts(2026, 11, 1, 9, 0, 0), None, None,
+                ACCOUNT, SOURCE, shape_key, SYNCED,
+            ),
         ],
     )  # fmt: skip
     assert_df_equality(
         prepared.transform(finalize(PROFILES)), want, ignore_row_order=True, ignore_nullable=True
     )
-    assert quarantined == [
-        ("missing required field 'id'", '{"email": "noid@example.com"}'),
-        (
-            "record does not match the expected shape",
-            '{"id": "2695-bbbbbb-000004", "properties": "not an object"}',
-        ),
-    ]
-    assert bad_values(prepared, "profile_id") == {"2695-aaaaaa-000002": ["date_of_birth", "seen"]}
+    assert quarantined == [("missing required field 'id'", '{"email": "noid@example.com"}')]
+    assert bad_values(prepared, "profile_id") == {
+        "2695-aaaaaa-000002": ["date_of_birth", "seen"],
+        "2695-bbbbbb-000004": ["properties"],
+    }
 
 
 def test_member_lists(spark: SparkSession) -> None:
@@ -195,7 +200,9 @@ def test_member_lists(spark: SparkSession) -> None:
         enter,
         {**enter, "event": "list_exit", "timestamp": "2026-11-02T10:00:00+00:00"},
         {"profile_id": "p2", "email": None, "event": "list_enter", "timestamp": "not a time"},
+        # No profile id (a key part): it counts as "", and the change loads.
         {"email": "nobody@example.com", "event": "list_enter", "timestamp": "2026-11-01"},
+        {"email": "nothing@example.com", "event": "list_exit"},  # no key part: quarantined
         enter,  # the same change fetched twice
     ]
     # The reader sets `id` from the request path /lists/{id}/changes.
@@ -205,6 +212,7 @@ def test_member_lists(spark: SparkSession) -> None:
     k1 = md5(SOURCE, "L1", "p1", "2026-11-01T10:00:00+00:00")
     k2 = md5(SOURCE, "L1", "p1", "2026-11-02T10:00:00+00:00")
     k3 = md5(SOURCE, "L1", "p2", "not a time")  # the raw text, even when it does not parse
+    k4 = md5(SOURCE, "L1", "", "2026-11-01")
     want = expected(
         spark,
         MEMBER_LISTS,
@@ -214,6 +222,8 @@ def test_member_lists(spark: SparkSession) -> None:
             (k2, "L1", "p1", "ana@example.com", ts(2026, 11, 2, 10, 0, 0), "list_exit",
              ACCOUNT, SOURCE, k2, SYNCED),
             (k3, "L1", "p2", None, None, "list_enter", ACCOUNT, SOURCE, k3, SYNCED),
+            (k4, "L1", None, "nobody@example.com", ts(2026, 11, 1), "list_enter",
+             ACCOUNT, SOURCE, k4, SYNCED),
         ],
     )  # fmt: skip
     assert_df_equality(
@@ -222,7 +232,9 @@ def test_member_lists(spark: SparkSession) -> None:
         ignore_row_order=True,
         ignore_nullable=True,
     )
-    assert [reason for reason, _ in quarantined] == ["missing required field 'profile_id'"]
+    assert [reason for reason, _ in quarantined] == [
+        "missing every key field (profile_id, timestamp)"
+    ]
     assert bad_values(prepared, "member_list_id") == {k3: ["event_at"]}
 
 
@@ -298,13 +310,16 @@ def test_email_events(spark: SparkSession) -> None:
             "dt_occurred": "2026-01-01 11:00:00",
         },
         {**send, "event_id": "ev1-again"},  # same key in a later file: wins
-        {**send, "to_address": ""},  # no address: quarantined
+        # No address (a key part): "" in the key, the event loads.
+        {**send, "to_address": "", "event_id": "ev-no-address"},
+        {**send, "to_address": "", "event_type": " ", "dt_occurred": ""},  # no key part at all
         {**send, "event_type": "bounce", "dt_occurred": "01/01/2026", "bounce_class": "hard"},
     ]
     prepared, quarantined = run(spark, EMAIL_EVENTS, raw_records(spark, EMAIL_EVENTS, records))
     k_send = md5(SOURCE, "ana@example.com", "send", "2026-01-01 10:11:12")
     k_click = md5(SOURCE, "ana@example.com", "click", "2026-01-01 11:00:00")
     k_bounce = md5(SOURCE, "ana@example.com", "bounce", "01/01/2026")
+    k_anon = md5(SOURCE, "", "send", "2026-01-01 10:11:12")
     title = 'Sale, 50% "off"\nnow'
     want = expected(
         spark,
@@ -320,6 +335,9 @@ def test_email_events(spark: SparkSession) -> None:
             (k_bounce, "ev1", "u-1", "ana@example.com", "bounce", None,
              "hard", None, None, None, None, None, None, title, "mass",
              ACCOUNT, SOURCE, k_bounce, SYNCED),
+            (k_anon, "ev-no-address", "u-1", None, "send", ts(2026, 1, 1, 10, 11, 12),
+             None, None, None, None, None, None, None, title, "mass",
+             ACCOUNT, SOURCE, k_anon, SYNCED),
         ],
     )  # fmt: skip
     assert_df_equality(
@@ -328,7 +346,9 @@ def test_email_events(spark: SparkSession) -> None:
         ignore_row_order=True,
         ignore_nullable=True,
     )
-    assert [reason for reason, _ in quarantined] == ["missing required field 'to_address'"]
+    assert [reason for reason, _ in quarantined] == [
+        "missing every key field (to_address, event_type, dt_occurred)"
+    ]
     assert bad_values(prepared, "email_event_id") == {k_bounce: ["event_at"]}
 
 
@@ -347,12 +367,17 @@ def test_unsubscribes(spark: SparkSession) -> None:
         },
         {"profile_id": "p2", "timestamp": "2017-05-18 01:00:00+00", "mass_campaign_id": 99},
         {"profile_id": "p3", "timestamp": "yesterday", "reason": "other"},
+        # Ometria sends unsubscribes with an email address but no profile: they load.
         {"email_address": "x@example.com", "timestamp": "2017-05-18 01:00:00+00"},
+        {"profile_id": None, "email_address": "y@example.com", "timestamp": "2017-05-18"},
+        {"email_address": "z@example.com", "reason": "no key part"},  # quarantined
     ]
     prepared, quarantined = run(spark, UNSUBSCRIBES, raw_records(spark, UNSUBSCRIBES, records))
     k1 = md5(SOURCE, "p1", "2017-05-17 22:08:07+00")
     k2 = md5(SOURCE, "p2", "2017-05-18 01:00:00+00")
     k3 = md5(SOURCE, "p3", "yesterday")
+    k4 = md5(SOURCE, "", "2017-05-18 01:00:00+00")
+    k5 = md5(SOURCE, "", "2017-05-18")
     want = expected(
         spark,
         UNSUBSCRIBES,
@@ -363,6 +388,10 @@ def test_unsubscribes(spark: SparkSession) -> None:
              ACCOUNT, SOURCE, k2, SYNCED),
             (k3, "p3", None, None, None, None, None, "other", None,
              ACCOUNT, SOURCE, k3, SYNCED),
+            (k4, None, "x@example.com", ts(2017, 5, 18, 1, 0, 0), None, None, None, None, None,
+             ACCOUNT, SOURCE, k4, SYNCED),
+            (k5, None, "y@example.com", ts(2017, 5, 18), None, None, None, None, None,
+             ACCOUNT, SOURCE, k5, SYNCED),
         ],
     )  # fmt: skip
     assert_df_equality(
@@ -371,7 +400,9 @@ def test_unsubscribes(spark: SparkSession) -> None:
         ignore_row_order=True,
         ignore_nullable=True,
     )
-    assert [reason for reason, _ in quarantined] == ["missing required field 'profile_id'"]
+    assert [reason for reason, _ in quarantined] == [
+        "missing every key field (profile_id, timestamp)"
+    ]
     assert bad_values(prepared, "unsubscribe_id") == {k3: ["event_at"]}
 
 

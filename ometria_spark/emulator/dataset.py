@@ -124,6 +124,9 @@ class Dataset:
     next_event: int = 0
     version: int = 0
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+    # Profiles deleted (erased, or merged into another) since the account was generated, as
+    # they were last: a connector keeps the rows it loaded before.
+    deleted: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def generate(
@@ -197,6 +200,58 @@ class Dataset:
             new_events = [self._new_event(in_day()) for _ in range(max(5, min(count // 50, 5000)))]
             self.email_events.extend(new_events)
             self.email_events.sort(key=itemgetter("dt_occurred"))
+            self.version += 1
+
+    def live_tick(
+        self,
+        seconds: float,
+        *,
+        updates: int = 0,
+        deletes: int = 0,
+        unsubscribes: int = 0,
+        list_changes: int = 0,
+        window: float = 0.5,
+    ) -> None:
+        """Move the clock on ``seconds`` and change the account at that moment, as it goes
+        on changing while a connector pages through it: ``updates`` profiles updated and
+        ``deletes`` deleted, picked among the first ``window`` of them in id order (the
+        pages a pull has fetched already), new unsubscribes and list changes."""
+        with self.lock:
+            rng = self.rng
+            self.now += timedelta(seconds=seconds)
+            at = self.now.timestamp() - 1
+            early = max(1, int(len(self.profiles) * window))
+            for _ in range(updates if self.profiles else 0):
+                i = rng.randrange(min(early, len(self.profiles)))
+                self.profiles[i] = self._updated_profile(self.profiles[i], at)
+            for _ in range(min(deletes, len(self.profiles) - 1)):
+                self.deleted.append(
+                    self.profiles.pop(rng.randrange(min(early, len(self.profiles))))
+                )
+            for _ in range(unsubscribes):
+                self.unsubscribes.append(self._new_unsubscribe(at))
+            self.unsubscribes.sort(key=itemgetter("timestamp"))
+            ready = [x["id"] for x in self.lists if x["status"] == "READY"]
+            for _ in range(list_changes if ready and self.profiles else 0):
+                changes = self.list_changes[rng.choice(ready)]
+                changes.append(self._change(rng.choice(self.profiles), "list_enter", at))
+                changes.sort(key=itemgetter("timestamp"))
+            self.version += 1
+
+    def add_future_records(self, at: datetime) -> None:
+        """One profile update, one change per list and one unsubscribe stamped at ``at`` (a
+        source clock that slipped, or a placeholder date such as 2099)."""
+        with self.lock:
+            epoch = at.timestamp()
+            if self.profiles:
+                self.profiles[0] = self._updated_profile(self.profiles[0], epoch)
+            for lst in self.lists:
+                if self.profiles:
+                    changes = self.list_changes[lst["id"]]
+                    changes.append(self._change(self.profiles[-1], "list_enter", epoch))
+                    changes.sort(key=itemgetter("timestamp"))
+            self.unsubscribes.append(self._new_unsubscribe(epoch))
+            self.unsubscribes.sort(key=itemgetter("timestamp"))
             self.version += 1
 
     # -- record builders --------------------------------------------------------------------
@@ -312,17 +367,26 @@ class Dataset:
         profile = rng.choice(self.profiles)
         reason, reason_text = UNSUB_REASONS[rng.randrange(len(UNSUB_REASONS))]
         mass = rng.random() < 0.6
-        return {
+        unsubscribe_type = UNSUB_TYPES[rng.randrange(len(UNSUB_TYPES))]
+        send = rng.getrandbits(32)
+        record = {
             "profile_id": profile["id"],
             "email_address": profile.get("email"),
-            "type": UNSUB_TYPES[rng.randrange(len(UNSUB_TYPES))],
+            "type": unsubscribe_type,
             "timestamp": unsubscribe_ts(at),
-            "send_id": f"s-{rng.getrandbits(32):08x}",
+            "send_id": f"s-{send:08x}",
             "mass_campaign_id": str(rng.randrange(100, 999)) if mass else None,
             "trigger_campaign_id": None if mass else str(rng.randrange(100, 999)),
             "reason": reason,
             "reason_text": reason_text,
         }
+        # Ometria returns some unsubscribes that carry an email address but no profile: the
+        # key's profile part is then missing (absent, or null).
+        if send % 16 == 0:
+            del record["profile_id"]
+        elif send % 16 == 8:
+            record["profile_id"] = None
+        return record
 
     def _new_event(self, at: float) -> dict[str, Any]:
         rng = self.rng

@@ -2,7 +2,11 @@
 
 It serves a ``Dataset`` under ``/v2``, checks ``X-Ometria-Auth``, can enforce a per-second
 rate limit with 429s, and can inject faults (5xx, 429, dropped connections, slow or
-truncated answers) into the next matching requests.
+truncated answers, any other status, redirects) into the next matching requests. Each way
+it can misbehave like a live source is an explicit option: ``live`` (the account changes
+while a pull pages through it: updates, deletions, new events), ``page_caps`` (fewer
+records per page than asked for), ``ignore_offset``. Its ``Date`` header is the account's
+clock (``Dataset.now``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -24,6 +29,21 @@ AUTH_HEADER = "X-Ometria-Auth"
 PROFILE_DEFAULT_LIMIT = 10
 PROFILE_MAX_LIMIT = 250
 FAULTS = frozenset({"500", "503", "429", "429-retry-after", "drop", "slow", "truncated"})
+
+
+@dataclass(frozen=True)
+class LiveChanges:
+    """How the account changes while it is paged through: before answering each request
+    (to a path ending in one of ``paths``, if given), the account's clock moves on
+    ``seconds_per_request`` and ``Dataset.live_tick`` changes it by the given counts."""
+
+    seconds_per_request: float = 60.0
+    updates: int = 0
+    deletes: int = 0
+    unsubscribes: int = 0
+    list_changes: int = 0
+    paths: tuple[str, ...] = ()
+    window: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -83,6 +103,10 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        # The Date header: the emulated account's clock, as a real server's is its own.
+        return format_datetime(self.server.emulator.dataset.now.astimezone(UTC), usegmt=True)
+
     def do_GET(self) -> None:
         self.server.emulator._handle(self)
 
@@ -109,6 +133,9 @@ class EmulatorServer:
         self.requests_per_second = requests_per_second
         self.retry_after = retry_after
         self.ignore_offset = False
+        # Most records a page holds, whatever the limit: {"profiles"|"changes"|"unsubscribes": n}
+        self.page_caps: dict[str, int] = {}
+        self.live: LiveChanges | None = None
         self.slow_seconds = 3.0
         # Arrival times carry a few ms of scheduling jitter, so a client spacing requests at
         # exactly 1/rps would trip a zero-tolerance window now and then; like a real limiter,
@@ -172,17 +199,27 @@ class EmulatorServer:
 
     # -- faults and log ---------------------------------------------------------------------
 
-    def inject(self, fault: str, count: int = 1, path: str | None = None) -> None:
-        """Make the next ``count`` requests (to ``path``, if given) fail with ``fault``.
+    def inject(
+        self,
+        fault: str,
+        count: int = 1,
+        path: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Make the next ``count`` requests (to ``path``, if given) fail with ``fault``: a
+        named fault (``FAULTS``) or any HTTP status (``"404"``, ``"418"``, ``"302"`` with a
+        ``Location`` in ``headers``), answered with ``headers``.
 
         ``path`` is matched against the request path, with or without the ``/v2`` prefix.
         """
-        if fault not in FAULTS:
-            raise ValueError(f"unknown fault {fault!r}; expected one of {sorted(FAULTS)}")
+        if fault not in FAULTS and not (fault.isdigit() and len(fault) == 3):
+            raise ValueError(
+                f"unknown fault {fault!r}; expected an HTTP status or {sorted(FAULTS)}"
+            )
         if path is not None and not path.startswith(PREFIX + "/"):
             path = PREFIX + "/" + path.lstrip("/")
         with self._lock:
-            self._faults.append([fault, count, path])
+            self._faults.append([fault, count, path, dict(headers or {})])
 
     @property
     def request_log(self) -> list[RequestRecord]:
@@ -195,14 +232,14 @@ class EmulatorServer:
         with self._lock:
             self._log.clear()
 
-    def _take_fault(self, path: str) -> str | None:
+    def _take_fault(self, path: str) -> tuple[str, dict[str, str]] | None:
         with self._lock:
             for entry in self._faults:
                 if entry[2] is None or entry[2] == path:
                     entry[1] -= 1
                     if entry[1] <= 0:
                         self._faults.remove(entry)
-                    return str(entry[0])
+                    return str(entry[0]), entry[3]
         return None
 
     def _over_rate(self, now: float) -> bool:
@@ -236,24 +273,38 @@ class EmulatorServer:
             self._send(handler, "GET", path, params, 429, {"error": "rate limited"}, headers)
             return
 
-        fault = self._take_fault(path)
+        taken = self._take_fault(path)
+        fault, fault_headers = taken if taken else (None, {})
         if fault == "drop":
             self._record(handler, "GET", path, params, 0)
             handler.close_connection = True
             return
         if fault in ("500", "503"):
-            self._send(handler, "GET", path, params, int(fault), {"error": "injected fault"})
+            body = {"error": "injected fault"}
+            self._send(handler, "GET", path, params, int(fault), body, fault_headers)
             return
         if fault in ("429", "429-retry-after"):
             headers = {"Retry-After": "1"} if fault == "429-retry-after" else {}
+            headers.update(fault_headers)
             self._send(handler, "GET", path, params, 429, {"error": "rate limited"}, headers)
             return
         if fault == "slow":
             time.sleep(self.slow_seconds)
+        if fault is not None and fault.isdigit():
+            body = {"error": f"injected status {fault}"}
+            self._send(handler, "GET", path, params, int(fault), body, fault_headers)
+            return
 
         if handler.headers.get(AUTH_HEADER) != self.api_key:
             self._send(handler, "GET", path, params, 403, {"error": "API key not allowed"})
             return
+        live = self.live
+        if live is not None and (not live.paths or path.endswith(live.paths)):
+            self.dataset.live_tick(
+                live.seconds_per_request, updates=live.updates, deletes=live.deletes,
+                unsubscribes=live.unsubscribes, list_changes=live.list_changes,
+                window=live.window,
+            )  # fmt: skip
         try:
             status, body = self._route(path, params)
         except _BadRequest as exc:
@@ -306,12 +357,19 @@ class EmulatorServer:
         return 404, {"error": "not found"}
 
     def _page(
-        self, records: list[dict[str, Any]], params: dict[str, str], default_limit: int | None
+        self,
+        records: list[dict[str, Any]],
+        params: dict[str, str],
+        default_limit: int | None,
+        kind: str,
     ) -> list[dict[str, Any]]:
         limit = _int_param(params, "limit", default_limit)
         offset = _int_param(params, "offset", 0) or 0
         if self.ignore_offset:
             offset = 0
+        cap = self.page_caps.get(kind)
+        if cap is not None:
+            limit = cap if limit is None else min(limit, cap)
         if limit is None:
             return records[offset:]
         return records[offset : offset + limit]
@@ -330,7 +388,7 @@ class EmulatorServer:
             else:
                 records = [p for p in records if (p.get("update_since") or "") >= since]
                 self._profile_cache = (self.dataset.version, since, records)
-        return self._page(records, params, PROFILE_DEFAULT_LIMIT)
+        return self._page(records, params, PROFILE_DEFAULT_LIMIT, "profiles")
 
     def _lists(self, params: dict[str, str]) -> list[dict[str, Any]]:
         mode = params.get("mode", "active")
@@ -348,7 +406,7 @@ class EmulatorServer:
         if "since" not in params:
             raise _BadRequest("since is required")
         since = _parse_instant(params["since"], "since").isoformat()
-        return self._page([c for c in changes if c["timestamp"] >= since], params, None)
+        return self._page([c for c in changes if c["timestamp"] >= since], params, None, "changes")
 
     def _unsubscribes(self, params: dict[str, str]) -> list[dict[str, Any]]:
         if "since" not in params:
@@ -361,4 +419,4 @@ class EmulatorServer:
             else "9999"
         )
         selected = [u for u in self.dataset.unsubscribes if since <= u["timestamp"] < before]
-        return self._page(selected, params, None)
+        return self._page(selected, params, None, "unsubscribes")
