@@ -27,6 +27,7 @@ COLUMNS = (
     ("updated", 8),
     ("quarant.", 8),
     ("bad vals", 8),
+    ("collapsed", 9),
     ("cursor", 20),
 )
 
@@ -67,11 +68,14 @@ def summary(records: list[RunRecord]) -> str:
             r.rows_updated,
             r.quarantined,
             r.bad_values,
+            r.collapsed,
             r.cursor_after or "-",
         )
         lines.append("  ".join(str(v).ljust(w) for v, (_, w) in zip(values, COLUMNS, strict=True)))
         if r.error:
             lines.append(f"  ! {r.stream}: {r.error}")
+        if r.warnings:
+            lines.append(f"  ~ {r.stream}: {r.warnings}")
     return "\n".join(lines)
 
 

@@ -31,8 +31,9 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
 DEFAULT_REQUESTS_PER_SECOND = 4.0
-# Backward re-reads of one request after records shifted under it, before it gives up.
-MAX_RECOVERIES = 100
+# Backward re-reads of one request after records shifted under it, without getting any
+# further, before it gives up.
+MAX_RECOVERIES = 50
 # Endpoints whose paging Ometria does not document: the client checks that they honour
 # its limit (see ``PagingFacts``). Profiles' paging is documented (limit up to 250).
 UNDOCUMENTED_PAGING = frozenset({"list_changes", "unsubscribes"})
@@ -352,10 +353,10 @@ class OmetriaClient:
         return self._paged("list_changes", endpoint, {"since": since}, start_offset, tail)
 
     def unsubscribe_pages(
-        self, since: str, before: str, start_offset: int = 0, tail: Iterable[Any] = ()
+        self, since: str, before: str | None, start_offset: int = 0, tail: Iterable[Any] = ()
     ) -> Iterator[Page]:
-        """Yield pages of ``GET /unsubscribes?since=...&before=...``."""
-        params = {"since": since, "before": before}
+        """Yield pages of ``GET /unsubscribes?since=...[&before=...]``."""
+        params = {"since": since} if before is None else {"since": since, "before": before}
         return self._paged("unsubscribes", "/unsubscribes", params, start_offset, tail)
 
     # -- paging and requests ----------------------------------------------------------------
@@ -375,9 +376,9 @@ class OmetriaClient:
         one. So each page after the first starts one record early, on the last record
         delivered, the anchor. Found where it should be: nothing moved. Found later in the
         page: records were inserted before it (those are re-read, harmlessly). Not in the
-        page: records before it went away; the request steps back (a page, then twice as
-        far, ...) until a page holds one of the records delivered last, and goes on after
-        it. Re-reading is harmless (an UPSERT); skipping is not.
+        page: records before it went away; the request steps back (one record, then twice
+        as far, ...) until a page holds one of the records delivered last, and goes on
+        after it. Re-reading is harmless (an UPSERT); skipping is not.
         """
         cap = self.paging.cap(kind) if kind in UNDOCUMENTED_PAGING else None
         limit = min(self.page_size, cap) if cap else self.page_size
@@ -386,7 +387,8 @@ class OmetriaClient:
         position = start_offset  # the offset of the first record not delivered yet
         page_number = 0
         previous: list[Any] | None = None
-        recoveries = 0
+        stalled = 0  # step-backs since the request last got further than ever before
+        furthest = position
         while True:
             offset = position - 1 if recent and position > 0 else position
             got = self._page(endpoint, base_params, limit, offset)
@@ -400,11 +402,11 @@ class OmetriaClient:
                 )
             if offset < position and not recent.holds_anchor(records):
                 # The anchor moved down: records before it were deleted. Step back.
-                recoveries += 1
-                if recoveries > MAX_RECOVERIES:
+                stalled += 1
+                if stalled > MAX_RECOVERIES:
                     raise ApiError(
                         f"{endpoint}: the records kept shifting under the pull (deleted while "
-                        f"it was paged); gave up after {MAX_RECOVERIES} re-reads"
+                        f"it was paged); gave up after {MAX_RECOVERIES} re-reads in a row"
                     )
                 offset, got = self._step_back(endpoint, base_params, limit, offset, recent)
                 records = got.records
@@ -416,6 +418,8 @@ class OmetriaClient:
             page_number += 1
             recent.remember(records)
             position = offset + len(records)
+            if position > furthest:
+                furthest, stalled = position, 0
             if len(records) > limit:
                 logger.warning(
                     "%s returned %d records for limit %d: the server ignores limit; stopping",
@@ -443,9 +447,14 @@ class OmetriaClient:
         offset: int,
         recent: _Recent,
     ) -> tuple[int, Response]:
-        """Re-read earlier offsets until a page holds a record delivered before (or offset 0
-        is reached): its offset and the response."""
-        step = max(1, limit - 1)
+        """Re-read from earlier offsets, 1, 2, 4... records back, until a page holds a
+        record delivered before (or offset 0 is reached): its offset and the response.
+
+        Every record before a delivered one was delivered too (or arrived after the pull
+        passed its place: the next pull's, see the cursor bound), so the request can go on
+        after it; stepping back little by little keeps the re-read short (a deletion or
+        two moves the records one or two places), and each page mostly new records."""
+        step = 1
         while True:
             offset = max(0, offset - step)
             got = self._page(endpoint, base_params, limit, offset)

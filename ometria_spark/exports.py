@@ -543,6 +543,12 @@ def load_email_events(
     recorded, while every other file loads. With no new file, nothing is read or merged.
     """
     files = discover(spark, root)
+    if not full_refresh and not table_exists(spark, table) and table_exists(spark, loaded_files):
+        # The table is gone (dropped by hand, or a new storage.tables_path) while the files
+        # are recorded as loaded: load them all again, or the table would stay empty.
+        log.warning("email_events: its table is missing while _loaded_files records loaded "
+                    "files; loading every file again")  # fmt: skip
+        full_refresh = True
     todo = new_files(spark, files, loaded_files, full_refresh=full_refresh)
     result = EmailEventsResult(files_seen=len(files), files_loaded=0, files_new=len(todo))
     if not todo:

@@ -42,7 +42,7 @@ def start_point(cursor: str | None, *, lookback_minutes: int, start_date: str) -
     return api_time(parse_api_time(cursor) - timedelta(minutes=lookback_minutes))
 
 
-LISTS_REQUEST = "/lists?mode=all"
+LISTS_ENDPOINT = "/lists"
 NOT_A_RECORD = "record does not match the expected shape"
 
 
@@ -56,9 +56,11 @@ def list_ids(records: list[Any]) -> tuple[list[str], list[dict[str, str | None]]
         if isinstance(value, str | int) and not isinstance(value, bool) and str(value).strip():
             ids.append(str(value))
             continue
-        reason = "missing required field 'id'" if isinstance(record, dict) else NOT_A_RECORD
+        # As the lists stream quarantines them (same reason and text: quarantined once).
+        no_id = record is None or isinstance(record, dict)
+        reason = "missing required field 'id'" if no_id else NOT_A_RECORD
         raw = record if isinstance(record, str) or record is None else _compact(record)
-        rejects.append({"stream": "lists", "request": LISTS_REQUEST, "reason": reason, "raw": raw})
+        rejects.append({"stream": "lists", "request": LISTS_ENDPOINT, "reason": reason, "raw": raw})
     return sorted(set(ids)), rejects
 
 
@@ -120,14 +122,18 @@ def make_plan(
         since = parse_api_time(
             start_point(cursor, lookback_minutes=lookback_minutes, start_date=start_date)
         )
+        # Windows of ``window_days`` up to our clock, and the last one open-ended: a record
+        # stamped later than our clock (the server's runs ahead, or it stamps in the future)
+        # is fetched all the same; the cursor is bounded by the server's clock anyway.
         end = now.astimezone(UTC).replace(microsecond=0)
         windows = []
-        while since < end:
-            before = min(since + timedelta(days=window_days), end)
+        while since + timedelta(days=window_days) < end:
+            before = since + timedelta(days=window_days)
             windows.append(
                 Request("unsubscribes", {"since": api_time(since), "before": api_time(before)})
             )
             since = before
+        windows.append(Request("unsubscribes", {"since": api_time(since)}))
         return Plan(stream, run_id, page_size, tuple(windows), cursor, planned)
     raise ValueError(f"not an API stream: {stream}")
 
@@ -142,7 +148,7 @@ def _pages(client: OmetriaClient, request: Request, resume: ResumePoint) -> Iter
     if request.kind == "list_changes":
         return client.list_change_pages(args["list_id"], args["since"], at, tail)
     if request.kind == "unsubscribes":
-        return client.unsubscribe_pages(args["since"], args["before"], at, tail)
+        return client.unsubscribe_pages(args["since"], args.get("before"), at, tail)
     raise ValueError(f"unknown request kind {request.kind!r}")
 
 

@@ -431,18 +431,29 @@ class Landing:
         parsed = PageName.parse(name)
         assert parsed is not None
         sequence = parsed.sequence + 1 if parsed.sequence >= 0 else len(page_names)
+        last = self._page_end(plan, name)
+        if last is not None:
+            return ResumePoint(*last, sequence)
+        # An unreadable last page (emptied or cut short, as a power loss can leave a file):
+        # fetch it again, from the end of the page before it (its anchor), or else from its
+        # own offset; under its number, so that the new page replaces it.
+        again = max(parsed.sequence, len(page_names) - 1)
+        before = self._page_end(plan, page_names[-2]) if len(page_names) > 1 else None
+        if before is not None:
+            return ResumePoint(*before, again, replaces=name)
+        return ResumePoint(parsed.offset, (), again, replaces=name)
+
+    def _page_end(self, plan: Plan, name: str) -> tuple[int, tuple[Any, ...]] | None:
+        """(the offset after a landed page, its records); None if it is unreadable."""
         try:
-            last = json.loads(
+            page = json.loads(
                 self.storage.read_text(f"{self.folder(plan.stream, plan.run_id)}/{name}")
             )
-            if isinstance(last, dict) and isinstance(last.get("records"), list):
-                offset = int(last["offset"]) + len(last["records"])
-                return ResumePoint(offset, tuple(last["records"]), sequence)
+            if isinstance(page, dict) and isinstance(page.get("records"), list):
+                return int(page["offset"]) + len(page["records"]), tuple(page["records"])
         except (ValueError, KeyError, TypeError):  # not JSON: damaged on storage
             pass
-        # An unreadable last page (emptied or cut short, as a power loss can leave a file):
-        # fetch it again from its own offset, in its name; the new page replaces it.
-        return ResumePoint(parsed.offset, (), max(parsed.sequence, 0), replaces=name)
+        return None
 
     def paging_facts(self) -> dict[str, dict[str, int]]:
         """What earlier runs learned of the API's paging (see ``client.PagingFacts``)."""

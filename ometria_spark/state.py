@@ -130,6 +130,8 @@ class StateStore:
         self.quarantine_ref = table_ref(config, QUARANTINE_TABLE)
         self._ready: set[str] = set()
         self._cursors: dict[str, dict[str, str]] | None = None
+        # The data tables' versions, as this run read or wrote them (see sync._version).
+        self.versions: dict[str, dict[str, object] | None] = {}
 
     def _table(self, ref: TableRef, schema: StructType) -> DeltaTable:
         """The table, created on first use (checked once per store, not per call)."""

@@ -251,6 +251,7 @@ def _run_streams(
             try:
                 if client is None:
                     raise setup_error or RuntimeError("no API client")
+                _reload_if_table_gone(spark, config, state, stream)
                 if stream not in early:
                     for plan in landing.unmerged_plans(stream):
                         # A pull planned from later cursors than the committed ones (moved
@@ -327,6 +328,18 @@ def _run_streams(
 
 
 RESUMED_MARKER = "_resumed"
+
+
+def _reload_if_table_gone(
+    spark: SparkSession, config: Config, state: StateStore, stream: str
+) -> None:
+    """A stream whose table is gone (dropped by hand, or a new ``storage.tables_path`` with
+    the old cursors) while ``_sync_state`` holds its cursors would only get what changed
+    since: its cursors are forgotten, so that the table is loaded again whole."""
+    if state.cursors(stream) and _version(spark, state, table_ref(config, stream)) is None:
+        log.warning("%s: its table is missing while _sync_state has its cursors; loading "
+                    "it again from the start", stream)  # fmt: skip
+        state.reset(stream)
 
 
 def _spans_runs(landing: Landing, plan: Plan) -> bool:
@@ -495,7 +508,9 @@ def merge_pull(
         old = state.cursors(plan.stream)
         forward = {k: v for k, v in new_cursors.items() if k not in old or v > old[k]}
         state.set_cursors(plan.stream, forward, plan.run_id)
-    target["table"] = table_version(spark, ref)
+    if not skipped:
+        state.versions[ref.location] = table_version(spark, ref)
+    target["table"] = _version(spark, state, ref)
     landing.mark_merged(plan, state.cursors(plan.stream), target)
     return counts
 
@@ -532,7 +547,15 @@ def _merged_before(
     noted = landing.last_merged_target(plan.stream)
     if noted is None or {k: v for k, v in noted.items() if k != "table"} != target:
         return False
-    return noted.get("table") is not None and noted["table"] == table_version(spark, ref)
+    return noted.get("table") is not None and noted["table"] == _version(spark, state, ref)
+
+
+def _version(spark: SparkSession, state: StateStore, ref: TableRef) -> dict[str, object] | None:
+    """A table's version, read once per run (only this run writes it: it holds the lock);
+    ``merge_pull`` notes the new one after each merge."""
+    if ref.location not in state.versions:
+        state.versions[ref.location] = table_version(spark, ref)
+    return state.versions[ref.location]
 
 
 def _quarantine_rejects(

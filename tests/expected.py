@@ -52,8 +52,9 @@ def boolean(value: Any) -> bool | None:
 def profiles(ds: Dataset, source: str, account: str) -> list[tuple[Any, ...]]:
     rows = []
     for p in ds.profiles:
-        props = p.get("properties") or {}
-        dates = p.get("dates") or {}
+        # A part of the wrong shape ("properties": []) loads as NULLs.
+        props = p["properties"] if isinstance(p.get("properties"), dict) else {}
+        dates = p["dates"] if isinstance(p.get("dates"), dict) else {}
         rows.append(
             (
                 p["id"], text(p.get("email")), text(p.get("phone_number")),
@@ -76,6 +77,8 @@ def profiles(ds: Dataset, source: str, account: str) -> list[tuple[Any, ...]]:
 def lists(ds: Dataset, source: str, account: str) -> list[tuple[Any, ...]]:
     rows = []
     for x in ds.lists:
+        if not isinstance(x, dict):
+            continue
         rows.append(
             (
                 text(x["id"]), text(x.get("title")), text(x.get("description")),
@@ -115,10 +118,10 @@ def unsubscribes(ds: Dataset, source: str, account: str) -> list[tuple[Any, ...]
 def email_events(events: list[dict[str, Any]], source: str, account: str) -> list[tuple[Any, ...]]:
     rows = {}
     for e in events:  # later copies of a key win, as in the job
-        key = md5(source, e["to_address"], e["event_type"], e["dt_occurred"])
+        key = md5(source, e.get("to_address"), e.get("event_type"), e.get("dt_occurred"))
         rows[key] = (
-            key, text(e.get("event_id")), text(e.get("uuid")), e["to_address"],
-            e["event_type"], when(e["dt_occurred"]), text(e.get("bounce_class")),
+            key, text(e.get("event_id")), text(e.get("uuid")), text(e.get("to_address")),
+            text(e.get("event_type")), when(e.get("dt_occurred")), text(e.get("bounce_class")),
             text(e.get("reason")), text(e.get("device_type")), text(e.get("geo_country")),
             text(e.get("geo_region")), text(e.get("geo_timezone")), text(e.get("target_url")),
             text(e.get("campaign_title")), text(e.get("campaign_type")), account, source, key,

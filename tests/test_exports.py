@@ -155,9 +155,9 @@ def row(
     campaign_type: str | None, synced_at: datetime,
 ) -> tuple[Any, ...]:  # fmt: skip
     key = md5(SOURCE, email, event_type, dt_occurred)
-    return (key, event_id, send_id, email or None, event_type, event_at, bounce_class, bounce_reason,
-            device_type, geo_country, geo_region, geo_timezone, target_url, campaign_title,
-            campaign_type, ACCOUNT, SOURCE, key, synced_at)  # fmt: skip
+    return (key, event_id, send_id, email or None, event_type, event_at, bounce_class,
+            bounce_reason, device_type, geo_country, geo_region, geo_timezone, target_url,
+            campaign_title, campaign_type, ACCOUNT, SOURCE, key, synced_at)  # fmt: skip
 
 
 def rows_after_a_and_b(synced: datetime) -> list[tuple[Any, ...]]:

@@ -82,7 +82,7 @@ def test_crashes_lose_nothing_and_rerun_completes(
     assert crashed.returncode == -9, crashed.stderr[-2000:]
     profile_pulls = list((tmp_path / "raw" / "profiles").iterdir())
     assert len(profile_pulls) == 1
-    assert len(list(profile_pulls[0].glob("r0000-o*.json"))) == 5  # 450 profiles, pages of 100
+    assert len(list(profile_pulls[0].glob("r0000-p*.json"))) == 5  # 450 profiles, pages of 100
     assert not (profile_pulls[0] / "_merged").exists()
 
     # The rerun merges the landed pull first, then syncs on; the summary is printed. It runs

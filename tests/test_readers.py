@@ -58,8 +58,7 @@ def rows(spark: SparkSession, paths: list[str], spec: Any) -> Any:
 
 
 SCHEMA = (
-    "id string, page long, pos long, _problem string, _raw string, file string, "
-    "unreadable string"
+    "id string, page long, pos long, _problem string, _raw string, file string, unreadable string"
 )
 
 
@@ -72,8 +71,16 @@ def test_good_pages_bad_records_and_bad_pages(spark: SparkSession, tmp_path: Pat
             # One loadable record, one of a slightly wrong shape (it loads, its unreadable
             # part NULL), then bad records: the page is read again record by record, so
             # each bad one is quarantined alone with its text.
-            page(1, [{"id": "b1"}, {"id": "b2", "properties": "x"}, 5, {"email": "no-id"},
-                     {"id": "b3", "dates": [1], "properties": {"zip": "z"}}]),
+            page(
+                1,
+                [
+                    {"id": "b1"},
+                    {"id": "b2", "properties": "x"},
+                    5,
+                    {"email": "no-id"},
+                    {"id": "b3", "dates": [1], "properties": {"zip": "z"}},
+                ],
+            ),
             broken,
             page(3, []),  # the empty page that ends a pull: no rows
             # A page that starts on the record the page before ended with (the pager's

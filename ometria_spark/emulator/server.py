@@ -5,8 +5,8 @@ rate limit with 429s, and can inject faults (5xx, 429, dropped connections, slow
 truncated answers, any other status, redirects) into the next matching requests. Each way
 it can misbehave like a live source is an explicit option: ``live`` (the account changes
 while a pull pages through it: updates, deletions, new events), ``page_caps`` (fewer
-records per page than asked for), ``ignore_offset``. Its ``Date`` header is the account's
-clock (``Dataset.now``).
+records per page than asked for), ``ignore_offset``, ``odd_list_elements`` (non-lists in
+``/lists``). Its ``Date`` header is the account's clock (``Dataset.now``).
 """
 
 from __future__ import annotations
@@ -74,6 +74,10 @@ def _parse_instant(value: str, name: str) -> datetime:
     return parsed.astimezone(UTC)
 
 
+def _status(record: Any) -> Any:
+    return record.get("status") if isinstance(record, dict) else None
+
+
 def _int_param(params: dict[str, str], name: str, default: int | None) -> int | None:
     if name not in params:
         return default
@@ -136,6 +140,8 @@ class EmulatorServer:
         # Most records a page holds, whatever the limit: {"profiles"|"changes"|"unsubscribes": n}
         self.page_caps: dict[str, int] = {}
         self.live: LiveChanges | None = None
+        # Elements /lists answers after the lists, as a careless API might: "x", None, {}...
+        self.odd_list_elements: list[Any] = []
         self.slow_seconds = 3.0
         # Arrival times carry a few ms of scheduling jitter, so a client spacing requests at
         # exactly 1/rps would trip a zero-tolerance window now and then; like a real limiter,
@@ -322,7 +328,10 @@ class EmulatorServer:
         headers: dict[str, str] | None = None,
         truncate: bool = False,
     ) -> None:
-        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        try:
+            data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:  # half a surrogate pair: sent as a JSON escape, as APIs do
+            data = json.dumps(body).encode("ascii")
         if truncate:
             status, data = 200, data[: len(data) // 2]
         self._record(handler, method, path, params, status)
@@ -386,19 +395,23 @@ class EmulatorServer:
             if cached and cached[0] == self.dataset.version and cached[1] == since:
                 records = cached[2]
             else:
-                records = [p for p in records if (p.get("update_since") or "") >= since]
+                # A profile without update_since is returned by every updateSince query
+                # (the connector then stamps it with the query's bound).
+                records = [p for p in records if (p.get("update_since") or "\uffff") >= since]
                 self._profile_cache = (self.dataset.version, since, records)
         return self._page(records, params, PROFILE_DEFAULT_LIMIT, "profiles")
 
     def _lists(self, params: dict[str, str]) -> list[dict[str, Any]]:
         mode = params.get("mode", "active")
         if mode == "all":
-            return list(self.dataset.lists)
-        if mode == "active":
-            return [x for x in self.dataset.lists if x["status"] != "ARCHIVED"]
-        if mode == "archived":
-            return [x for x in self.dataset.lists if x["status"] == "ARCHIVED"]
-        raise _BadRequest("mode must be active, archived or all")
+            lists = list(self.dataset.lists)
+        elif mode == "active":
+            lists = [x for x in self.dataset.lists if _status(x) != "ARCHIVED"]
+        elif mode == "archived":
+            lists = [x for x in self.dataset.lists if _status(x) == "ARCHIVED"]
+        else:
+            raise _BadRequest("mode must be active, archived or all")
+        return lists + list(self.odd_list_elements)
 
     def _list_changes(
         self, changes: list[dict[str, Any]], params: dict[str, str]

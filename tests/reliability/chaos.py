@@ -13,15 +13,21 @@ with one randomly chosen (seeded, printed) disturbance:
   ``ometria_spark/`` when the campaign starts;
 - ``fault``: a burst of API faults (429 storms longer than the retries, 5xx bursts, dropped
   connections, slow answers past the timeout, truncated bodies) on one endpoint or any;
+- ``live``: the account changes while the run pulls it (``LiveChanges``: each request moves
+  its clock on, updates and deletes profiles on the pages fetched already, adds list
+  changes and unsubscribes), half the time with a SIGKILL at a random moment too;
 - ``none``.
 
 Every few runs the account moves on a day and new export files appear. After every run that
 exits 0 (and after a final clean run), every table is compared with the rows built in plain
 Python by ``tests/expected.py``: a row is lost when its key is missing or the row differs,
 duplicated when its key is there more than once. A run that fails a stream (exit 1) is
-checked on the streams it reports succeeded. The figures are printed and appended to
-``tests/reliability/chaos-results.md``; the exit status is 1 on any loss, duplicate,
-unexpected row, leaked key or unexplained outcome.
+checked on the streams it reports succeeded. A run during which the account changed is
+checked for duplicates and unexpected rows only (a change made while it ran may be the next
+run's to fetch); the next run that completes without live changes must be exact. Profiles
+deleted in the account may be in the table (as they were last loaded) or not. The figures
+are printed and appended to ``tests/reliability/chaos-results.md``; the exit status is 1 on
+any loss, duplicate, unexpected row, leaked key or unexplained outcome.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ from pyspark.sql.types import StructType
 from ometria_spark.config import Config, load_config
 from ometria_spark.emulator.dataset import Dataset
 from ometria_spark.emulator.exports import export_files, write_local
-from ometria_spark.emulator.server import EmulatorServer
+from ometria_spark.emulator.server import EmulatorServer, LiveChanges
 from ometria_spark.spark import get_spark
 from ometria_spark.tables import KEY_COLUMN, SYNCED_AT, TABLES
 from tests import expected
@@ -74,7 +80,7 @@ DEFAULT_TYPICAL = 15.0  # seconds, until a run has completed and been timed
 RESULTS = Path(__file__).resolve().parent / "chaos-results.md"
 # Each block of runs holds these disturbances in a shuffled order, so that any few
 # consecutive runs mix them.
-BLOCK = ("kill", "kill", "crash", "crash", "fault", "fault", "none")
+BLOCK = ("kill", "kill", "crash", "crash", "fault", "fault", "live", "live", "none")
 FAULT_KINDS = ("429-storm", "429-burst", "5xx-burst", "drop", "slow", "truncated")
 _CRASH_CALL = re.compile(r'crash_(point|later)\(\s*(f?)"([^"]+)"')
 _PLACEHOLDER = re.compile(r"\{[^}]*\}")
@@ -126,7 +132,7 @@ def phase(crash_at: str) -> str:
 class Action:
     """What one run suffers."""
 
-    kind: str  # kill | crash | fault | none
+    kind: str  # kill | crash | fault | live | none
     tz: str
     kill_fraction: float = 0.0
     crash_at: str | None = None
@@ -135,10 +141,16 @@ class Action:
     fault: str = ""
     count: int = 0
     path: str | None = None
+    live: LiveChanges | None = None
 
     def describe(self, typical: float) -> str:
         if self.kind == "kill":
             return f"SIGKILL after {self.kill_fraction * typical:.1f}s (of ~{typical:.0f}s)"
+        if self.kind == "live" and self.live is not None:
+            kill = (f", SIGKILL after {self.kill_fraction * typical:.1f}s"
+                    if self.kill_fraction else "")  # fmt: skip
+            return (f"live: +{self.live.seconds_per_request:.0f}s, {self.live.updates} updates, "
+                    f"{self.live.deletes} deletes per request{kill}")  # fmt: skip
         if self.kind == "crash":
             delay = f" + {self.crash_delay:.2f}s" if self.crash_delay is not None else ""
             return f"crash at {self.crash_at}{delay}"
@@ -153,6 +165,17 @@ def choose(kind: str, rng: random.Random, templates: list[CrashTemplate], ds: Da
     action = Action(kind, tz=rng.choice(("UTC", "America/Los_Angeles")))
     if kind == "kill":
         action.kill_fraction = rng.uniform(0.05, 0.95)
+    elif kind == "live":
+        action.live = LiveChanges(
+            seconds_per_request=rng.choice((5.0, 60.0, 600.0)),
+            updates=rng.randint(0, 2),
+            deletes=rng.choice((0, 0, 1)),
+            unsubscribes=rng.randint(0, 1),
+            list_changes=rng.randint(0, 1),
+        )
+        kill = rng.random() < 0.5
+        fraction = rng.uniform(0.1, 0.9)
+        action.kill_fraction = fraction if kill else 0.0
     elif kind == "crash" and templates:
         template = rng.choice(templates)
         action.crash_at = template.name(rng.choice(template.streams))
@@ -288,8 +311,19 @@ class Check:
     examples: list[str] = field(default_factory=list)
 
 
-def compare_table(spark: SparkSession, config: Config, name: str, want: list[Any]) -> Check:
-    """The table against the expected rows (without ``__synced_at``), as text per value."""
+def compare_table(
+    spark: SparkSession,
+    config: Config,
+    name: str,
+    want: list[Any],
+    *,
+    exact: bool = True,
+    maybe: frozenset[str] = frozenset(),
+) -> Check:
+    """The table against the expected rows (without ``__synced_at``), as text per value.
+
+    ``exact=False`` counts duplicates and unexpected rows only; keys in ``maybe`` (deleted
+    profiles) may be there or not."""
     schema = StructType([f for f in TABLES[name].schema.fields if f.name != SYNCED_AT])
     columns = [F.col(f.name).cast("string").alias(f.name) for f in schema.fields]
     key_at = schema.fieldNames().index(KEY_COLUMN)
@@ -300,15 +334,15 @@ def compare_table(spark: SparkSession, config: Config, name: str, want: list[Any
     for row in got_rows:
         got.setdefault(row[key_at], []).append(row)
     wanted = {row[key_at]: row for row in want_rows}
-    check = Check(checked=len(want_rows))
+    check = Check(checked=len(want_rows) if exact else 0)
     for key, row in wanted.items():
-        if row not in got.get(key, []):
+        if exact and row not in got.get(key, []):
             check.lost += 1
             if len(check.examples) < 3:
                 check.examples.append(f"{name}: want {row}, got {got.get(key)}")
     for key, rows in got.items():
         check.duplicated += len(rows) - 1
-        if key not in wanted:
+        if key not in wanted and key not in maybe:
             check.unexpected += len(rows)
             if len(check.examples) < 3:
                 check.examples.append(f"{name}: unexpected {rows[0]}")
@@ -335,6 +369,7 @@ class Figures:
     clean: int = 0
     failed_stream: int = 0
     days: int = 0
+    deleted: int = 0
     comparisons: int = 0
     rows_checked: int = 0
     lost: int = 0
@@ -368,6 +403,7 @@ class Figures:
             ("clean completions", str(self.clean)),
             ("failed-stream runs", str(self.failed_stream)),
             ("days advanced", str(self.days)),
+            ("profiles deleted live", str(self.deleted)),
             ("tables compared", str(self.comparisons)),
             ("rows checked", str(self.rows_checked)),
             ("rows lost", str(self.lost)),
@@ -431,10 +467,13 @@ class Campaign:
             self.server._faults.clear()
         return left
 
-    def verify(self, streams: list[str], label: str) -> None:
+    def verify(self, streams: list[str], label: str, *, exact: bool = True) -> None:
         want = expected_rows(self.ds, self.exported)
+        deleted = frozenset(expected.md5(SOURCE, p["id"]) for p in self.ds.deleted)
         for name in streams:
-            check = compare_table(self.spark, self.config, name, want[name])
+            maybe = deleted if name == "profiles" else frozenset()
+            check = compare_table(self.spark, self.config, name, want[name], exact=exact,
+                                  maybe=maybe)  # fmt: skip
             f = self.figures
             f.comparisons += 1
             f.rows_checked += check.checked
@@ -457,11 +496,18 @@ class Campaign:
         if action.kind == "fault":
             self.server.inject(action.fault, action.count, action.path)
             f.faults[action.fault_kind] += action.count
-        kill_after = action.kill_fraction * typical if action.kind == "kill" else None
-        outcome = run_job(
-            self.config_path, self.logs / f"run-{number:02d}", crash_at=action.crash_at,
-            crash_delay=action.crash_delay, kill_after=kill_after, tz=action.tz,
-        )  # fmt: skip
+        kills = action.kind == "kill" or (action.kind == "live" and action.kill_fraction > 0)
+        kill_after = action.kill_fraction * typical if kills else None
+        self.server.live = action.live
+        try:
+            outcome = run_job(
+                self.config_path, self.logs / f"run-{number:02d}", crash_at=action.crash_at,
+                crash_delay=action.crash_delay, kill_after=kill_after, tz=action.tz,
+            )  # fmt: skip
+        finally:
+            self.server.live = None
+        # While the account changed under it, a run may leave a change for the next run.
+        exact = action.kind != "live"
         if action.kind == "fault":
             f.fault_answers += action.count - self.fault_backlog()
         if KEY in outcome.stdout or KEY in outcome.stderr:
@@ -476,21 +522,22 @@ class Campaign:
             if not outcome.killed_by_us and action.kind != "crash":
                 f.anomalies.append(f"{label}: killed, but by whom?")
             return rc
-        if action.kind == "kill":
+        if kills:
             f.missed["run ended first"] += 1
         elif action.kind == "crash":
             f.missed[f"{phase(action.crash_at or '?')} not reached"] += 1
         if rc == 0:
             f.clean += 1
-            self.durations.append(outcome.seconds)
-            self.verify(list(STREAMS), label)
+            if exact:
+                self.durations.append(outcome.seconds)
+            self.verify(list(STREAMS), label, exact=exact)
             return rc
         succeeded = [s for s in STREAMS if statuses.get(s) == "succeeded"]
         reasons = [line for line in outcome.stderr.splitlines() if line.startswith("ometria-sync:")]
         if rc == 1 and action.kind == "fault" and reasons and statuses:
             f.failed_stream += 1
             print(f"  {reasons[-1][:300]}")
-            self.verify(succeeded, label)
+            self.verify(succeeded, label, exact=exact)
             return rc
         tail = outcome.stderr.strip().splitlines()[-3:]
         f.anomalies.append(f"{label}: exit {rc} ({action.describe(typical)}): {tail}")
@@ -579,6 +626,7 @@ def run_campaign(argv: list[str] | None = None) -> Figures:
             campaign.scan_for_key()
     figures = campaign.figures
     figures.seconds = time.monotonic() - started
+    figures.deleted = len(dataset.deleted)
     lines = figures.table(args.profiles, args.lists)
     print("\n".join(["", *lines]))
     for anomaly in figures.anomalies:

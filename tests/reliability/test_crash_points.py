@@ -7,7 +7,8 @@ chained (each run starts from the wreck the last one left), a day of changes is 
 the chain goes on. A crash point that never fires fails the test (the run would exit 0,
 not -9), and after each kill the landing zone or the Delta log shows where it landed.
 
-Phases: ``extracting:S`` (2nd page landed, request unfinished), ``landed:S`` (pull landed,
+Phases: ``creating:T`` (killed by a timer while the table is created), ``extracting:S``
+(2nd page landed, request unfinished), ``landed:S`` (pull landed,
 not merged), ``merging:S`` (killed by a timer while the MERGE runs), ``merged:S`` (MERGE
 committed, cursor not), ``last-merged:S`` (cursor committed and noted, pull not marked
 merged), ``after:S`` (between streams), for ``profiles`` and ``member_lists``;
@@ -48,8 +49,9 @@ STREAMS = [*API, "email_events"]
 LA = "America/Los_Angeles"
 
 # One extra export file: a good event, one whose time does not parse (NULL event_at: only
-# the MERGE's ``OR t.event_at IS NULL`` keeps a re-merge from adding it again), and one
-# without to_address (quarantined, once).
+# the MERGE's ``OR t.event_at IS NULL`` keeps a re-merge from adding it again), one without
+# to_address (a key part: "" in its key, it loads) and one with no key part (quarantined,
+# once).
 EXTRA_EVENT = {"event_id": "ev-extra", "uuid": "u-extra", "to_address": "extra@example.com",
                "event_type": "open", "dt_occurred": "2025-12-30 10:00:00",
                "campaign_title": "Ünïcödé, \"quoted\"", "campaign_type": "mass"}  # fmt: skip
@@ -57,6 +59,7 @@ NO_TIME = {"event_id": "ev-no-time", "to_address": "extra@example.com", "event_t
            "dt_occurred": "30/12/2025", "bounce_class": "hard"}  # fmt: skip
 NO_ADDRESS = {"event_id": "ev-no-address", "event_type": "click",
               "dt_occurred": "2025-12-30 10:00:01"}  # fmt: skip
+NO_KEY = {"event_id": "ev-no-key", "campaign_title": "no key part at all"}
 
 
 @pytest.fixture()
@@ -84,7 +87,7 @@ def pulls(raw: Path, stream: str) -> list[Path]:
 
 
 def pages(pull: Path) -> list[str]:
-    return sorted(p.name for p in pull.glob("r*-o*.json"))
+    return sorted(p.name for p in pull.glob("r*-p*.json"))
 
 
 def requests_done(pull: Path) -> tuple[int, int]:
@@ -163,13 +166,12 @@ def assert_everything_loaded_once(
     # The one bad record, once, though its file was read by several killed runs.
     quarantine = read(spark, config, QUARANTINE_TABLE)
     assert quarantine.select("quarantine_id").distinct().count() == quarantine.count()
-    raw = json.dumps(
-        {n: NO_ADDRESS[n] for n in RAW_FIELDS if n in NO_ADDRESS}, separators=(",", ":")
-    )
+    raw = json.dumps({n: NO_KEY[n] for n in RAW_FIELDS if n in NO_KEY}, separators=(",", ":"))
+    reason = "missing every key field (to_address, event_type, dt_occurred)"
     same(
         quarantine.select("stream", "source_file", "reason", "raw"),
         spark.createDataFrame(
-            [("email_events", f"file:{bad_file}", "missing required field 'to_address'", raw)],
+            [("email_events", f"file:{bad_file}", reason, raw)],
             "stream string, source_file string, reason string, raw string",
         ),
     )
@@ -221,13 +223,16 @@ def test_a_kill_at_every_phase_loses_and_duplicates_nothing(
     export_paths = write_local(exports, export_files(first_events, files=2))
     bad_file = exports / "resent" / "email_events_extra.csv"
     bad_file.parent.mkdir()
-    bad_file.write_bytes(csv_bytes(EXPORT_COLUMNS, [EXTRA_EVENT, NO_TIME, NO_ADDRESS]))
+    bad_file.write_bytes(csv_bytes(EXPORT_COLUMNS, [EXTRA_EVENT, NO_TIME, NO_ADDRESS, NO_KEY]))
     export_paths.append(bad_file)
 
     # --- chain 1: the first sync, into no tables -------------------------------------------
+    # Killed while creating its first table (a second into it): whatever it left, the
+    # next runs must work (a table folder without a commit is taken as no table).
+    kill_at("creating:_sync_state")
     kill_at("extracting:profiles")
     (p1,) = pulls(raw, "profiles")
-    assert pages(p1) == ["r0000-o000000000.json", "r0000-o000000100.json"]
+    assert pages(p1) == ["r0000-p000000-o000000000.json", "r0000-p000001-o000000099.json"]
     assert requests_done(p1) == (0, 1) and not merged(p1)
 
     kill_at("merging:profiles", tz=LA)  # the resumed pull's first MERGE, killed mid-way
@@ -258,7 +263,7 @@ def test_a_kill_at_every_phase_loses_and_duplicates_nothing(
     assert commits(tables, LOADED_FILES_TABLE) == 0
 
     clean_run(tz=LA)
-    events = [*first_events, EXTRA_EVENT, NO_TIME]
+    events = [*first_events, EXTRA_EVENT, NO_TIME, NO_ADDRESS]
     assert_everything_loaded_once(
         spark, config, ds, events=events, export_paths=export_paths, bad_file=bad_file,
         clean_runs=1,
@@ -311,7 +316,7 @@ def test_a_kill_at_every_phase_loses_and_duplicates_nothing(
         spark, config, ds, events=[*events, *new_events], export_paths=export_paths,
         bad_file=bad_file, clean_runs=2,
     )  # fmt: skip
-    assert runs == 18
+    assert runs == 19
 
     # The API key is in no output, landed page, table or lock file.
     assert not [text for text in outputs if KEY in text]

@@ -51,7 +51,7 @@ def test_a_pull_resumed_a_day_later_skips_no_change(
         landing.save_plan(plan)
         land(plan, client, landing)
     folder = tmp_path / "raw" / "profiles" / plan.run_id
-    pages = sorted(folder.glob("r0000-o*.json"))
+    pages = sorted(folder.glob("r0000-p*.json"))
     assert len(pages) == 5  # 450 profiles, pages of 100
     for page in pages[2:]:
         page.unlink()

@@ -14,8 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import yaml
@@ -155,28 +154,27 @@ def test_records_at_the_cursor_and_at_window_bounds_are_read_once(
             r.params for r in server.request_log if r.path.endswith(("/profiles", "/unsubscribes"))
         ]
         assert {"updateSince": profile_cursor[:19], "limit": "250", "offset": "0"} in asked
-        windows = [(p["since"], p["before"]) for p in asked if "since" in p]
+        windows = [(p["since"], p.get("before")) for p in asked if "since" in p]
         iso = "%Y-%m-%dT%H:%M:%S"
-        assert windows == [
-            (since.strftime(iso), bound.strftime(iso)),
-            (bound.strftime(iso), end.strftime(iso)),
-        ]
-        # The record at the end bound is the next run's; each other edge record was
-        # fetched exactly once by this run.
+        # Day windows up to our clock, the last one open-ended (a record stamped after our
+        # clock is fetched all the same: the server's clock may run ahead of ours).
+        assert windows == [(since.strftime(iso), bound.strftime(iso)), (bound.strftime(iso), None)]
+        # Each edge record was fetched exactly once by this run (a page's repeats, the
+        # records it re-reads on purpose to check that nothing shifted, left out).
         pages = [
             json.loads(p.read_text(encoding="utf-8"))
             for p in (tmp_path / "raw" / "unsubscribes").glob(f"{second.run_id}*/r*.json")
         ]
-        sends = [r["send_id"] for page in pages for r in page["records"]]
+        sends = [
+            r["send_id"]
+            for page in pages
+            for i, r in enumerate(page["records"])
+            if i not in page["repeats"]
+        ]
         assert {s: sends.count(f"s-{s}") for s in edges} == {
-            "at-cursor": 1, "at-bound": 1, "at-end": 0,
+            "at-cursor": 1, "at-bound": 1, "at-end": 1,
         }  # fmt: skip
-        assert_tables_match(spark, config, ds, ("profiles", "member_lists"))
-        not_yet = SimpleNamespace(
-            unsubscribes=[u for u in ds.unsubscribes if u["send_id"] != "s-at-end"]
-        )
-        assert_rows(spark, config, "unsubscribes",
-                    expected.unsubscribes(cast(Dataset, not_yet), SOURCE, ACCOUNT))  # fmt: skip
+        assert_tables_match(spark, config, ds, ("profiles", "member_lists", "unsubscribes"))
 
         third = run(spark, daily, now=end + timedelta(hours=1))
         assert third.ok, [r.error for r in third.streams]
