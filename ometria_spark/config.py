@@ -133,17 +133,40 @@ def parse_instant(key: str, value: Any) -> str:
     return moment.strftime(INSTANT_FORMAT)
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader, but an unquoted value that looks like a date and is none
+    (``2026-13-01``) stays text, for the key's own check to name it (PyYAML would raise a
+    bare ValueError naming no key)."""
+
+    def construct_yaml_timestamp(self, node: yaml.Node) -> Any:
+        try:
+            return super().construct_yaml_timestamp(node)  # type: ignore[arg-type]
+        except ValueError:
+            return self.construct_scalar(node)  # type: ignore[arg-type]
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_timestamp)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: no arbitrary objects
+
+
 def load_config(path: str | Path, overrides: Mapping[str, str] | None = None) -> Config:
     """Load a YAML file, apply ``key=value`` overrides (dotted keys), and validate."""
     text = Path(path).read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(text) or {}
+        data = _yaml(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys")
     for dotted, raw in (overrides or {}).items():
-        _set_dotted(data, dotted, yaml.safe_load(raw) if raw != "" else None)
+        try:
+            value = _yaml(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw  # not YAML: the text itself, checked as the key's value
+        _set_dotted(data, dotted, value)
     return config_from_dict(data)
 
 

@@ -58,7 +58,14 @@ from ometria_spark.transforms import (
     to_target,
     with_problems,
 )
-from ometria_spark.writer import TableRef, create_if_absent, merge_into, open_table, table_exists
+from ometria_spark.writer import (
+    TableRef,
+    create_if_absent,
+    ensure_table,
+    merge_into,
+    open_table,
+    table_exists,
+)
 
 log = logging.getLogger(__name__)
 
@@ -624,6 +631,7 @@ def load_email_events(
             record_loaded(spark, loaded_files, per_file, run_id=run_id, loaded_at=datetime.now(UTC))
             result.files_loaded = len(readable)
         elif readable:  # only empty files: nothing to merge; recorded so they are not read again
+            ensure_table(spark, EMAIL_EVENTS, table)  # (a missing table means "reload all")
             per_file = [(f, 0) for f in readable]
             record_loaded(spark, loaded_files, per_file, run_id=run_id, loaded_at=datetime.now(UTC))
             result.files_loaded = len(readable)

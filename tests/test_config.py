@@ -77,3 +77,41 @@ def test_example_and_demo_configs_are_valid() -> None:
     root = Path(__file__).resolve().parent.parent
     for name in ("example.yaml", "demo.yaml"):
         assert isinstance(load_config(root / "conf" / name), Config)
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("2026-11-01", "2026-11-01T00:00:00"),  # a YAML date
+        ("2026-11-01T08:30:00", "2026-11-01T08:30:00"),  # a YAML datetime, no offset: UTC
+        ("2026-11-01 08:30:00+01:00", "2026-11-01T07:30:00"),  # with an offset
+        ('"2026-11-01"', "2026-11-01T00:00:00"),  # quoted text
+        ('"2026-11-01T08:30:00Z"', "2026-11-01T08:30:00"),
+    ],
+)
+def test_dates_and_times_are_read_however_they_are_written(
+    tmp_path: Path, written: str, read: str
+) -> None:
+    text = MINIMAL.replace("sync:\n", f"sync:\n  start_date: {written}\n")
+    assert load_config(write(tmp_path, text)).sync.start_date == read
+    assert (
+        load_config(
+            write(tmp_path, MINIMAL), {"sync.start_date": written.strip('"')}
+        ).sync.start_date
+        == read
+    )
+
+
+@pytest.mark.parametrize("written", ["2026-13-01", "11/01/2026", "12", "[2026]"])
+def test_a_date_that_cannot_be_read_names_the_key(tmp_path: Path, written: str) -> None:
+    text = MINIMAL.replace("sync:\n", f"sync:\n  start_date: {written}\n")
+    with pytest.raises(ConfigError, match=r"^sync\.start_date: "):
+        load_config(write(tmp_path, text))
+
+
+def test_one_bucket_cannot_have_two_endpoints(tmp_path: Path) -> None:
+    text = MINIMAL.replace("  raw_path: /tmp/raw\n", "  raw_path: s3a://shared/raw\n") + (
+        "exports:\n  email_events_path: s3a://shared/exports\n  s3_endpoint: http://127.0.0.1:9\n"
+    )
+    with pytest.raises(ConfigError, match=r"storage\.raw_path: bucket shared is also in exports"):
+        load_config(write(tmp_path, text))

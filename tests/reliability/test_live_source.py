@@ -187,8 +187,13 @@ def test_an_ordinary_users_config_and_odd_records_end_to_end(
     }  # fmt: skip
 
     # A day later, from a notebook whose session is in Asia/Kolkata: the same rows and
-    # cursors as in UTC, and the session's zone is left as it was.
+    # cursors as in UTC (an export time without an offset is UTC), and the session's zone
+    # is left as it was.
     ds.advance_day()
+    later_event = {"event_id": "ev-kolkata", "to_address": "k@example.com",
+                   "event_type": "open", "dt_occurred": "2025-12-31 10:00:00"}  # fmt: skip
+    (exports / "later.csv").write_bytes(csv_bytes(EXPORT_COLUMNS, [later_event]))
+    events.append(later_event)
     account.reset_log()
     spark.conf.set("spark.sql.session.timeZone", "Asia/Kolkata")
     try:
@@ -202,9 +207,12 @@ def test_an_ordinary_users_config_and_odd_records_end_to_end(
     assert_rows(spark, config, "profiles", expected_profiles(ds, bound))
     assert_rows(spark, config, "member_lists", expected_member_lists(ds))
     assert_tables_match(spark, config, ds, ("lists", "unsubscribes"))
+    assert_rows(spark, config, "email_events", expected.email_events(events, SOURCE, ACCOUNT))
     committed = cursors(spark, config)
     assert committed["profiles"] == {"": max(p["update_since"] for p in ds.profiles
                                              if p.get("update_since"))[:19]}  # fmt: skip
+    assert committed["unsubscribes"] == {"": max(u["timestamp"] for u in ds.unsubscribes)
+                                         [:19].replace(" ", "T")}  # fmt: skip
 
     # The lookback re-reads the profile without update_since under a later bound: its row
     # takes the new bound (not skipped as "the same records as last time").
@@ -340,39 +348,55 @@ def synced(
         yield server, config
 
 
+# Each case: the faults of one run, (fault, path, headers) each, and the streams they fail
+# with the reason each must name. Two runs hold all the odd answers.
 CASES = [
-    # (name, fault, path, headers, failing stream, reason)
-    ("404-on-a-profiles-page", "404", "/profiles", None, "profiles", "/profiles not found"),
-    ("404-on-unsubscribes", "404", "/unsubscribes", None, "unsubscribes", "not found (HTTP 404"),
-    ("404-on-a-listed-list", "404", "/lists/3001/changes", None, "member_lists",
-     "although /lists still has list 3001"),
-    ("418", "418", "/profiles", None, "profiles", "answered HTTP 418"),
-    ("redirect-off-host", "302", "/unsubscribes", {"Location": "http://127.0.0.2:9/x"},
-     "unsubscribes", "a redirect to http://127.0.0.2:9, not the host of api.base_url"),
-    ("retry-after-a-day", "429", "/profiles", {"Retry-After": "86400"}, "profiles",
-     "longer than api.max_retry_wait_seconds"),
+    ("404s-and-a-redirect", [
+        ("404", "/profiles", None),
+        ("404", "/lists/3001/changes", None),
+        ("302", "/unsubscribes", {"Location": "http://127.0.0.2:9/x"}),
+    ], {
+        "profiles": "/profiles not found (HTTP 404; is api.base_url right?)",
+        "member_lists": "although /lists still has list 3001",
+        "unsubscribes": "a redirect to http://127.0.0.2:9, not the host of api.base_url",
+    }),
+    ("418-and-a-day-long-retry-after", [
+        ("429", "/profiles", {"Retry-After": "86400"}),
+        ("404", "/unsubscribes", None),
+        ("418", "/lists", None),
+    ], {
+        "profiles": "longer than api.max_retry_wait_seconds",
+        "unsubscribes": "/unsubscribes not found (HTTP 404",
+        "lists": "/lists answered HTTP 418",
+        "member_lists": "/lists answered HTTP 418",
+    }),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_an_odd_answer_fails_its_stream_and_keeps_its_cursor(
+def test_odd_answers_fail_their_streams_and_keep_their_cursors(
     spark: SparkSession, synced: tuple[EmulatorServer, Config], case: tuple[Any, ...]
 ) -> None:
+    """No answer but 200 ends a request "cleanly": each fails its stream with the reason,
+    the stream's cursor and table stay, the other streams load, a rerun completes."""
     server, config = synced
-    _, fault, path, headers, stream, reason = case
+    _, faults, failing = case
     ds = server.dataset
     before = {name: build(ds, SOURCE, ACCOUNT) for name, build in expected.BUILDERS.items()}
     committed = cursors(spark, config)
     ds.advance_day()
-    server.inject(fault, count=3, path=path, headers=headers)
+    for fault, path, headers in faults:
+        server.inject(fault, count=3, path=path, headers=headers)
     report = run(spark, config)
     with server._lock:
         server._faults.clear()
-    assert {r.stream for r in report.streams if r.status == "failed"} == {stream}
-    error = errors(report)[stream] or ""
-    assert reason in error and KEY not in error, error
-    assert cursors(spark, config).get(stream) == committed.get(stream)
-    assert_rows(spark, config, stream, before[stream])
+    assert {r.stream for r in report.streams if r.status == "failed"} == set(failing)
+    for stream, reason in failing.items():
+        error = errors(report)[stream] or ""
+        assert reason in error and KEY not in error, error
+        assert cursors(spark, config).get(stream) == committed.get(stream)
+        assert_rows(spark, config, stream, before[stream])
+    assert_tables_match(spark, config, ds, tuple(s for s in API if s not in failing))
     rerun = run(spark, config)
     assert rerun.ok, errors(rerun)
     assert_tables_match(spark, config, ds)
@@ -391,34 +415,33 @@ def test_a_wrong_base_url_fails_every_api_stream(
 
 
 def test_a_deleted_list_is_skipped_and_the_others_load(
-    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    spark: SparkSession, synced: tuple[EmulatorServer, Config]
 ) -> None:
     """A list deleted between the plan and its changes' request (404, and gone from
-    /lists): nothing to land for it; the other lists load; its rows stay."""
-    ds = Dataset.generate(seed=61, profiles=120, lists=3)
-    with EmulatorServer(ds, api_key=KEY) as server:
-        config = live_config(tmp_path, server, monkeypatch)
-        assert run(spark, config, streams=("member_lists",)).ok
-        gone = ds.lists[1]["id"]
-        kept_rows = [r for r in expected.member_lists(ds, SOURCE, ACCOUNT) if r[1] == gone]
-        ds.advance_day()
-        original = server._route
+    /lists): nothing to land for it; the other lists load; its rows stay. (Last of the
+    tests on ``synced``: the account loses a list.)"""
+    server, config = synced
+    ds = server.dataset
+    gone = ds.lists[1]["id"]
+    kept_rows = [r for r in expected.member_lists(ds, SOURCE, ACCOUNT) if r[1] == gone]
+    ds.advance_day()
+    original = server._route
 
-        def route(path: str, params: dict[str, str]) -> tuple[int, Any]:
-            if path.endswith(f"/lists/{gone}/changes"):  # deleted right after the plan
-                with ds.lock:
-                    ds.lists = [x for x in ds.lists if x["id"] != gone]
-                    ds.list_changes.pop(gone, None)
-            return original(path, params)
+    def route(path: str, params: dict[str, str]) -> tuple[int, Any]:
+        if path.endswith(f"/lists/{gone}/changes"):  # deleted right after the plan
+            with ds.lock:
+                ds.lists = [x for x in ds.lists if x["id"] != gone]
+                ds.list_changes.pop(gone, None)
+        return original(path, params)
 
-        server._route = route  # type: ignore[method-assign]
-        try:
-            report = run(spark, config, streams=("member_lists",))
-        finally:
-            server._route = original  # type: ignore[method-assign]
-        assert report.ok, errors(report)
-        want = [*expected.member_lists(ds, SOURCE, ACCOUNT), *kept_rows]
-        assert_rows(spark, config, "member_lists", want)
+    server._route = route  # type: ignore[method-assign]
+    try:
+        report = run(spark, config, streams=("member_lists",))
+    finally:
+        server._route = original  # type: ignore[method-assign]
+    assert report.ok, errors(report)
+    want = [*expected.member_lists(ds, SOURCE, ACCOUNT), *kept_rows]
+    assert_rows(spark, config, "member_lists", want)
 
 
 # --- the "merged before" skip looks at the tables ------------------------------------------
@@ -446,6 +469,10 @@ def test_new_or_dropped_tables_are_filled_not_skipped(
         moved = dataclasses.replace(
             config, storage=dataclasses.replace(config.storage, tables_path=str(tmp_path / "t2"))
         )
+        # What a run killed while creating its first tables leaves there (measured: the
+        # folder with _delta_log/_staged_commits and no commit): taken as no table.
+        for name in ("_sync_state", "lists"):
+            (tmp_path / "t2" / name / "_delta_log" / "_staged_commits").mkdir(parents=True)
         report = run(spark, moved)
         assert report.ok, errors(report)
         assert_tables_match(spark, moved, ds, API)
@@ -459,65 +486,32 @@ def test_new_or_dropped_tables_are_filled_not_skipped(
         assert_rows(spark, moved, "email_events", expected.email_events(events, SOURCE, ACCOUNT))
 
 
-def test_a_table_folder_left_without_a_commit_is_created_again(
+def test_a_table_folder_with_other_files_and_no_commit_is_an_error(
     spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What a run killed while creating its first table leaves (measured: the folder with
-    ``_delta_log/_staged_commits`` and no commit): every later run must still work."""
-    ds = Dataset.generate(seed=47, profiles=60, lists=1)
+    """Files that are not Delta's in a folder without a commit are someone else's: a clear
+    error naming them, and they are left alone."""
+    ds = Dataset.generate(seed=47, profiles=20, lists=1)
+    stray = tmp_path / "t" / "lists"
+    (stray / "_delta_log").mkdir(parents=True)
+    (stray / "notes.txt").write_text("mine", encoding="utf-8")
     with EmulatorServer(ds, api_key=KEY) as server:
         config = live_config(tmp_path, server, monkeypatch)
-        for name in ("_sync_state", "lists"):
-            (tmp_path / "t" / name / "_delta_log" / "_staged_commits").mkdir(parents=True)
-        report = run(spark, config)
-        assert report.ok, errors(report)
-        assert_tables_match(spark, config, ds, API)
-        # Files that are not Delta's in such a folder are someone else's: a clear error.
-        stray = tmp_path / "t2" / "lists"
-        (stray / "_delta_log").mkdir(parents=True)
-        (stray / "notes.txt").write_text("mine", encoding="utf-8")
-        other = dataclasses.replace(
-            config, storage=dataclasses.replace(config.storage, tables_path=str(tmp_path / "t2"))
-        )
-        failed = run(spark, other, streams=("lists",))
-        assert "holds files (notes.txt) but no Delta commit" in (errors(failed)["lists"] or "")
-        assert (stray / "notes.txt").exists()
+        failed = run(spark, config, streams=("lists",))
+    assert "holds files (notes.txt) but no Delta commit" in (errors(failed)["lists"] or "")
+    assert (stray / "notes.txt").read_text(encoding="utf-8") == "mine"
 
 
-def test_the_session_time_zone_changes_nothing_and_is_restored(
+def test_a_key_that_is_not_one_line_fails_the_api_streams_unshown(
     spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Offset-less export times and cursors, in a session set to another zone."""
-    events = [
-        {"event_id": "e1", "to_address": "a@example.com", "event_type": "open",
-         "dt_occurred": "2025-12-01 10:00:00"},
-    ]  # fmt: skip
-    ds = Dataset.generate(seed=53, profiles=60, lists=1)
+    ds = Dataset.generate(seed=67, profiles=20, lists=1)
     with EmulatorServer(ds, api_key=KEY) as server:
-        results = {}
-        for zone in ("UTC", "Asia/Kolkata"):
-            folder = tmp_path / zone.replace("/", "_")
-            (folder / "exports").mkdir(parents=True)
-            (folder / "exports" / "e.csv").write_bytes(csv_bytes(EXPORT_COLUMNS, events))
-            config = live_config(folder, server, monkeypatch)
-            config = dataclasses.replace(
-                config,
-                exports=dataclasses.replace(
-                    config.exports, email_events_path=str(folder / "exports")
-                ),
-                sync=dataclasses.replace(config.sync, streams=(*API, "email_events")),
-            )
-            spark.conf.set("spark.sql.session.timeZone", zone)
-            try:
-                assert run(spark, config).ok
-                assert spark.conf.get("spark.sql.session.timeZone") == zone
-            finally:
-                spark.conf.set("spark.sql.session.timeZone", "UTC")
-            results[zone] = config
-        utc, kolkata = results["UTC"], results["Asia/Kolkata"]
-        for name in (*API, "email_events"):
-            assert_df_equality(read_table(spark, kolkata, name), read_table(spark, utc, name),
-                               ignore_row_order=True, ignore_nullable=True)  # fmt: skip
-        assert cursors(spark, kolkata) == cursors(spark, utc)
-        at = read_table(spark, kolkata, "email_events").select("event_at").first()
-        assert at is not None and at[0] == datetime(2025, 12, 1, 10, 0)  # naive UTC (session)
+        config = live_config(tmp_path, server, monkeypatch)
+        monkeypatch.setenv("OMETRIA_TEST_KEY", KEY[:9] + "\n" + KEY[9:])
+        report = run(spark, config, streams=("lists", "profiles"))
+        assert server.request_log == []  # never sent
+    assert {r.status for r in report.streams} == {"failed"}
+    for record in report.streams:
+        assert "not one line of printable text" in (record.error or "")
+        assert KEY[9:] not in (record.error or "") and KEY[:9] not in (record.error or "")
