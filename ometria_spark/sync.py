@@ -493,7 +493,7 @@ def merge_pull(
             metrics = merge_into(spark, good, spec, ref)
             counts.inserted, counts.updated = metrics.inserted, metrics.updated
             counts.collapsed = metrics.collapsed
-            summary = observed(plan.stream, good)
+            summary = observed(plan.stream, rows)
             counts.bad_values = summary.bad_values
             counts.warnings += summary.warnings
             new_cursors.update(summary.cursors)
@@ -606,47 +606,56 @@ class Observed:
     warnings: list[str] = field(default_factory=list)
 
 
-def observed(stream: str, good: DataFrame) -> Observed:
-    """What the merged records tell: the next cursors, and how many values did not parse.
+def observed(stream: str, rows: DataFrame) -> Observed:
+    """What the records read tell (``rows``: the loadable ones and those quarantined): the
+    next cursors, and how many values of the loadable ones did not parse. One pass.
 
     A cursor is the newest source timestamp merged (the server's clock, not ours), but
     never later than one second before the server's clock (its ``Date``) when the first
     page of its scope was fetched: a record on an early page that changes while later
     pages are fetched is older than the newest record of those, and a pull can take
     longer than the lookback; a record stamped in the future (2099) would stop every
-    later pull. This is the Singer SDK's "signpost": the state never passes the moment
-    the sync began. Records stamped after their page's server time are reported.
+    later pull. This is the practice of the Singer SDK's replication-key signpost (the
+    state never passes the moment the sync began). Records stamped after their page's
+    server time are reported.
     """
-    bad_values = good.agg(F.sum(F.size(BAD_VALUES_COLUMN))).first()
-    bad = int(bad_values[0] or 0) if bad_values is not None else 0
+    good = F.col(PROBLEM_COLUMN).isNull()
+    bad_values = F.sum(F.when(good, F.size(BAD_VALUES_COLUMN))).alias("bad")
     fields_ = CURSOR_FIELDS.get(stream)
     if not fields_:
-        return Observed({}, bad)
-    stamp = parse_timestamp(F.col(fields_[-1]))
+        total = rows.agg(bad_values).first()
+        return Observed({}, int(total["bad"] or 0) if total is not None else 0)
+    stamp = F.when(good, parse_timestamp(F.col(fields_[-1])))
     server = parse_timestamp(F.col(SERVER_DATE_COLUMN))
     late = stamp > server + F.expr(f"INTERVAL {FUTURE_SLACK_SECONDS} SECONDS")
     scope = F.col("id") if stream == "member_lists" else F.lit("")
-    rows = (
-        good.groupBy(scope.alias("scope"))
+    found = (
+        rows.groupBy(F.coalesce(scope, F.lit("")).alias("scope"))
         .agg(
+            # (least() passes NULLs by: a scope with no merged stamp keeps its cursor.)
             F.date_format(
-                F.least(F.max(stamp), F.min(server) - F.expr("INTERVAL 1 SECOND")), CURSOR_FORMAT
+                F.when(
+                    F.max(stamp).isNotNull(),
+                    F.least(F.max(stamp), F.min(server) - F.expr("INTERVAL 1 SECOND")),
+                ),
+                CURSOR_FORMAT,
             ).alias("cursor"),
             F.count_if(late).alias("late"),
             F.date_format(F.max(F.when(late, stamp)), CURSOR_FORMAT).alias("latest"),
+            bad_values,
         )
         .collect()
     )
-    cursors = {r["scope"]: r["cursor"] for r in rows if r["cursor"]}
-    late_count = sum(int(r["late"]) for r in rows)
+    cursors = {r["scope"]: r["cursor"] for r in found if r["cursor"]}
+    late_count = sum(int(r["late"]) for r in found)
     warnings = []
     if late_count:
-        latest = max(r["latest"] for r in rows if r["latest"])
+        latest = max(r["latest"] for r in found if r["latest"])
         warnings.append(
             f"{late_count} record(s) stamped after the server's clock (latest {latest}): "
             "loaded, but the cursor stops at the server's time"
         )
-    return Observed(cursors, bad, warnings)
+    return Observed(cursors, sum(int(r["bad"] or 0) for r in found), warnings)
 
 
 def _sync_email_events(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -65,6 +66,9 @@ def s3_endpoint(spark: SparkSession, monkeypatch: pytest.MonkeyPatch) -> Iterato
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
+    # Moto servers in one process share their state: start from none, so no test sees the
+    # buckets and objects of an earlier one.
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"))
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=BUCKET)
 
     # No cached S3A FileSystem may outlive this server (its endpoint would be stale).

@@ -1,7 +1,10 @@
-"""The job as users run it: a separate process, killed at exact phases, rerun, and checked.
+"""The job as users run it: a separate process, its exit status and its one-line errors.
 
-Each case runs `jobs/ometria_sync.py` in a subprocess against the emulator over loopback,
-so a SIGKILL really loses the process (JVM, caches, half-done work) as a crash would.
+Each case runs `jobs/ometria_sync.py` in a subprocess against the emulator over loopback.
+Kills at exact phases and reruns (which this file held once) are the crash chain of
+``tests/reliability/test_crash_points.py``: it covers each phase this file killed at
+(``landed:``, ``merged:``, ``after:`` of profiles), a rerun in another time zone and the
+printed summary, and checks more after each kill.
 """
 
 from __future__ import annotations
@@ -14,12 +17,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pyspark.sql import SparkSession
 
-from ometria_spark.config import load_config
 from ometria_spark.emulator.dataset import Dataset
 from ometria_spark.emulator.server import EmulatorServer
-from tests.test_sync import ACCOUNT, KEY, SOURCE, assert_tables_match
+from tests.test_sync import ACCOUNT, KEY, SOURCE
 
 ROOT = Path(__file__).resolve().parent.parent
 STREAMS = ["lists", "profiles", "member_lists"]
@@ -68,41 +69,6 @@ def sync(
         timeout=600,
         check=False,
     )
-
-
-def test_crashes_lose_nothing_and_rerun_completes(
-    spark: SparkSession, tmp_path: Path, emulator: EmulatorServer
-) -> None:
-    config_path = write_config(tmp_path, emulator)
-    config = load_config(config_path)
-    ds = emulator.dataset
-
-    # Killed after profiles' pages are landed, before their MERGE commits.
-    crashed = sync(config_path, crash_at="landed:profiles")
-    assert crashed.returncode == -9, crashed.stderr[-2000:]
-    profile_pulls = list((tmp_path / "raw" / "profiles").iterdir())
-    assert len(profile_pulls) == 1
-    assert len(list(profile_pulls[0].glob("r0000-p*.json"))) == 5  # 450 profiles, pages of 100
-    assert not (profile_pulls[0] / "_merged").exists()
-
-    # The rerun merges the landed pull first, then syncs on; the summary is printed. It runs
-    # in another time zone: the rows and cursors it writes must not change.
-    rerun = sync(config_path, tz="America/Los_Angeles")
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert "stream" in rerun.stdout and "succeeded" in rerun.stdout
-    for stream in STREAMS:
-        assert any(line.startswith(stream) for line in rerun.stdout.splitlines()), rerun.stdout
-    assert (profile_pulls[0] / "_merged").exists()
-    assert_tables_match(spark, config, ds, tuple(STREAMS))
-
-    # A day later: killed after a MERGE but before its cursor is saved, then between two
-    # streams (profiles done, member_lists not begun).
-    ds.advance_day()
-    assert sync(config_path, crash_at="merged:profiles").returncode == -9
-    assert sync(config_path, crash_at="after:profiles").returncode == -9
-    final = sync(config_path)
-    assert final.returncode == 0, final.stderr[-2000:]
-    assert_tables_match(spark, config, ds, tuple(STREAMS))
 
 
 def test_refused_key_exits_non_zero_with_one_clear_line(

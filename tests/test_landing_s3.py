@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 from pyspark.sql import SparkSession
 
 from ometria_spark.config import config_from_dict
@@ -53,11 +58,28 @@ def test_exports_and_landing_zone_on_two_s3_endpoints(
     """Exports on one S3-compatible store, the landing zone on another: each endpoint
     applies to its own buckets only (S3A per-bucket options, boto3 per storage)."""
     monkeypatch.setenv("OMETRIA_TEST_KEY", KEY)
-    other = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    other.start()
-    host, port = other.get_host_and_port()
-    lake = f"http://{host}:{port}"
+    # Another process: moto servers in one process share their buckets, and a wrong
+    # endpoint would go unnoticed.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    other = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    lake = f"http://127.0.0.1:{port}"
     try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(lake, timeout=1).close()
+                break
+            except urllib.error.HTTPError:  # it answers: it is up
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         boto3.client("s3", endpoint_url=lake, region_name="us-east-1").create_bucket(Bucket="lake")
         exports = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
         ds = Dataset.generate(seed=4, profiles=120, lists=1)
@@ -94,4 +116,5 @@ def test_exports_and_landing_zone_on_two_s3_endpoints(
     finally:
         for key in [k for k in spark.conf.getAll if k.startswith("fs.s3a.bucket.")]:
             spark.conf.unset(key)
-        other.stop()
+        other.terminate()
+        other.wait(timeout=10)

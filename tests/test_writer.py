@@ -162,3 +162,26 @@ def test_insert_first_falls_back_to_the_upsert_when_rows_matched(
     want = [row("L1", "changed", T2), row("L2", "same", T1), row("L3", "new", T2)]
     assert_df_equality(table(spark, path), frame(spark, want),
                        ignore_row_order=True, ignore_nullable=True)  # fmt: skip
+
+
+def test_records_the_key_makes_one_row_are_counted(spark: SparkSession) -> None:
+    """Two campaigns emailing one address in one second: one row (the later fetched), one
+    collapsed record counted. Re-reads of one record (the same collision columns) are not
+    collisions."""
+    from pyspark.sql.types import LongType, StructField, StructType
+
+    from ometria_spark.tables import MEMBER_LISTS
+
+    def change(event: str, email: str, order: int) -> tuple[Any, ...]:
+        return ("k-1", "L1", "p1", email, T1, event, "acct", "src", "k-1", T1, order)
+
+    rows = [change("list_enter", "a@x", 0), change("list_exit", "a@x", 1),
+            change("list_exit", "a@x", 2), ("k-2", "L1", "p2", None, T1, "list_enter",
+            "acct", "src", "k-2", T1, 3), ("k-2", "L1", "p2", None, T1, "list_enter", "acct",
+            "src", "k-2", T1, 4)]  # fmt: skip
+    schema = StructType([*MEMBER_LISTS.schema.fields, StructField("order", LongType())])
+    source = spark.createDataFrame(rows, schema).withColumn(
+        ORDER_COLUMN, F.struct(F.col("order").alias("pos"))
+    )
+    assert writer.collapsed_records(source, MEMBER_LISTS) == 1
+    assert writer.collapsed_records(source, LISTS) == 0  # no collision columns: ids are unique
