@@ -1,8 +1,8 @@
 """Concurrent runs and concurrent writers.
 
-- Two `jobs/ometria_sync.py` processes of the same config started at once: one refuses
-  with a clear message (or, had the first finished before the second asked, both succeed);
-  either way the tables equal the expected rows, no key twice, and the lock is free after.
+- A `jobs/ometria_sync.py` process started while a live run holds the lock refuses with a
+  clear message and changes nothing; after the holder releases, a run succeeds with exact
+  tables and frees the lock. (A lock that never refused would fail this.)
 - A MERGE whose commit loses a race with another writer of the same Delta table (a real
   ``ConcurrentAppendException``, not a simulated one) is retried by ``merge_into``, and the
   table ends with exactly the rows of both writers, the later writer's for shared keys.
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,9 @@ from ometria_spark import writer
 from ometria_spark.config import load_config
 from ometria_spark.emulator.dataset import Dataset
 from ometria_spark.emulator.server import EmulatorServer
+from ometria_spark.landing import Landing, storage_for
+from ometria_spark.lock import RunLock
+from ometria_spark.sync import run
 from ometria_spark.tables import KEY_COLUMN, LISTS
 from ometria_spark.writer import TableRef, ensure_table, merge_into
 from tests.reliability.leaks import assert_no_secret
@@ -44,32 +47,42 @@ def emulator() -> Iterator[EmulatorServer]:
         yield server
 
 
-def test_two_runs_started_at_once_one_refuses_and_tables_are_exact(
-    spark: SparkSession, tmp_path: Path, emulator: EmulatorServer
+def test_a_run_while_another_holds_the_lock_refuses_and_touches_nothing(
+    spark: SparkSession, tmp_path: Path, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A live holder (this test process, on this host) is running: the job's process must
+    refuse with one clear line, report every stream refused, exit 1 and change nothing.
+    Once the holder releases, a run succeeds with exact tables and frees the lock. (Runs
+    racing for a free lock, exactly one winning, are in ``tests/test_lock.py``.)"""
     config_path = write_config(tmp_path, emulator)
     config = load_config(config_path)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(lambda _: sync(config_path), range(2)))
-    for result in results:
-        assert_no_secret(result.stdout, result.stderr)
-    codes = sorted(r.returncode for r in results)
-    assert codes in ([0, 0], [0, 1]), [r.stderr[-2000:] for r in results]
-    if codes == [0, 1]:
-        refused = next(r for r in results if r.returncode == 1)
-        reasons = [ln for ln in refused.stderr.splitlines() if ln.startswith("ometria-sync:")]
-        assert len(reasons) == 1, refused.stderr[-2000:]
-        # Either it found the lock held, or it lost the race to create the same ticket.
-        assert reasons[0].startswith("ometria-sync: refused to run: another sync "), reasons
-        assert all(f"{s:<13}  refused" in refused.stdout for s in STREAMS), refused.stdout
+    landing = Landing(config.storage.raw_path, storage_for(config.storage.raw_path))
+    holder = RunLock(landing.root, landing.storage)
+    holder.acquire("a-long-run", config.sync.lock_timeout_minutes)
 
+    refused = sync(config_path)
+    assert_no_secret(refused.stdout, refused.stderr)
+    assert refused.returncode == 1, refused.stderr[-2000:]
+    reasons = [ln for ln in refused.stderr.splitlines() if ln.startswith("ometria-sync:")]
+    assert len(reasons) == 1, refused.stderr[-2000:]
+    assert reasons[0].startswith(
+        "ometria-sync: refused to run: another sync holds the lock: run a-long-run on "
+        f"{socket.gethostname()} (pid {os.getpid()}) since "
+    ), reasons
+    assert all(f"{s:<13}  refused" in refused.stdout for s in STREAMS), refused.stdout
+    assert not (tmp_path / "t").exists()  # no table created, not even the job's own
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["_lock"]  # nothing pulled
+
+    holder.release("a-long-run")
+    monkeypatch.setenv("OMETRIA_TEST_KEY", KEY)
+    report = run(spark, config)
+    assert report.ok, [r.error for r in report.streams]
     assert_tables_match(spark, config, emulator.dataset, tuple(STREAMS))
     for name in STREAMS:
         df = spark.read.format("delta").load(config.table_location(name))
         assert df.groupBy(KEY_COLUMN).count().where("count > 1").count() == 0
-    # The winner gave the lock back: its last ticket says released.
-    folder = tmp_path / "raw" / "_lock"
-    top = max(folder.glob("ticket-*.json"))
+    # The run gave the lock back: its last ticket says released.
+    top = max((tmp_path / "raw" / "_lock").glob("ticket-*.json"))
     assert json.loads(top.read_text(encoding="utf-8"))["released"] is True
 
 
