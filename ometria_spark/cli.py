@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ometria_spark.config import STREAMS, ConfigError, load_config
+from ometria_spark.config import ConfigError, all_streams, load_config
 from ometria_spark.state import RunRecord
 
 log = logging.getLogger("ometria_spark")
@@ -36,7 +36,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ometria-sync", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="YAML config file (see conf/example.yaml)")
     parser.add_argument(
-        "--streams", help=f"comma-separated subset of: {', '.join(STREAMS)} (default: config)"
+        "--streams", help=f"comma-separated subset of: {', '.join(all_streams())} (default: config)"
     )
     parser.add_argument(
         "--full-refresh",
@@ -120,17 +120,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ometria-sync: {exc}", file=sys.stderr)
         return 2
 
-    from ometria_spark import writer
-
     # This process's session ends with it: names in an in-memory catalog would die unseen.
-    if spark.conf.get("spark.sql.catalogImplementation", "in-memory") == "in-memory":
-        writer.REGISTER_NAMES = False
+    lasting_catalog = spark.conf.get("spark.sql.catalogImplementation", "in-memory") != "in-memory"
 
     def progress(stream: str, pages: int, records: int) -> None:
         if pages % 20 == 0:
             log.info("%s: %d pages, %d records fetched", stream, pages, records)
 
-    report = run(spark, config, full_refresh=args.full_refresh, on_page=progress)
+    report = run(
+        spark, config, full_refresh=args.full_refresh, on_page=progress,
+        register_names=lasting_catalog,
+    )  # fmt: skip
     print(f"run {report.run_id}")
     print(summary(report.streams))
     failed = [r for r in report.streams if r.status != "succeeded"]

@@ -120,7 +120,7 @@ class Page:
     ``server_date`` is the response's ``Date`` header (the server's clock, UTC ISO text; None
     if it sent none): cursors are bounded by it. ``repeats`` are the positions of records
     that an earlier page of the same request delivered already, unchanged (re-read on
-    purpose, see ``OmetriaClient._paged``): readers leave them out.
+    purpose, see ``OmetriaClient.paged``): readers leave them out.
     """
 
     endpoint: str
@@ -337,7 +337,7 @@ class OmetriaClient:
         ``start_offset`` and ``tail`` (the last records already landed) resume a request.
         """
         params = {} if update_since is None else {"updateSince": update_since}
-        return self._paged("profiles", "/profiles", params, start_offset, tail)
+        return self.paged("profiles", "/profiles", params, start_offset, tail)
 
     def list_pages(self, mode: str = "all") -> Iterator[Page]:
         """Yield the single page of ``GET /lists?mode=...`` (the endpoint has no paging)."""
@@ -350,18 +350,18 @@ class OmetriaClient:
     ) -> Iterator[Page]:
         """Yield pages of ``GET /lists/{list_id}/changes?since=...``."""
         endpoint = f"/lists/{quote(list_id, safe='')}/changes"
-        return self._paged("list_changes", endpoint, {"since": since}, start_offset, tail)
+        return self.paged("list_changes", endpoint, {"since": since}, start_offset, tail)
 
     def unsubscribe_pages(
         self, since: str, before: str | None, start_offset: int = 0, tail: Iterable[Any] = ()
     ) -> Iterator[Page]:
         """Yield pages of ``GET /unsubscribes?since=...[&before=...]``."""
         params = {"since": since} if before is None else {"since": since, "before": before}
-        return self._paged("unsubscribes", "/unsubscribes", params, start_offset, tail)
+        return self.paged("unsubscribes", "/unsubscribes", params, start_offset, tail)
 
     # -- paging and requests ----------------------------------------------------------------
 
-    def _paged(
+    def paged(
         self,
         kind: str,
         endpoint: str,
@@ -369,7 +369,9 @@ class OmetriaClient:
         start_offset: int,
         tail: Iterable[Any],
     ) -> Iterator[Page]:
-        """Offset paging that notices when the records shift under it.
+        """Pages of ``GET endpoint`` with ``base_params``, by offset (``kind``: the request
+        kind, for what is learned about its paging). Offset paging that notices when the
+        records shift under it.
 
         The API pages a live set by offset: a profile deleted (or merged away) before the
         current offset moves every later record one place down, so the next page would skip

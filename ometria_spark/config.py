@@ -19,7 +19,12 @@ from typing import Any
 
 import yaml
 
-STREAMS: tuple[str, ...] = ("profiles", "lists", "member_lists", "unsubscribes", "email_events")
+
+def all_streams() -> tuple[str, ...]:
+    """Every stream's name, in run order (``ometria_spark.streams``, which imports this)."""
+    from ometria_spark.streams import names
+
+    return names()
 
 
 class ConfigError(ValueError):
@@ -63,7 +68,7 @@ class StorageConfig:
 
 @dataclass(frozen=True)
 class SyncConfig:
-    streams: tuple[str, ...] = STREAMS
+    streams: tuple[str, ...] = field(default_factory=all_streams)
     # An instant (see INSTANT_KEYS): normalised to UTC ``YYYY-MM-DDTHH:MM:SS`` text.
     start_date: str = "2015-01-01T00:00:00"
     lookback_minutes: int = 60
@@ -184,9 +189,10 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
 
 
 def _check_values(config: Config) -> None:
-    unknown = [s for s in config.sync.streams if s not in STREAMS]
+    known = all_streams()
+    unknown = [s for s in config.sync.streams if s not in known]
     if unknown:
-        raise ConfigError(f"sync.streams: unknown stream(s) {unknown}; known: {list(STREAMS)}")
+        raise ConfigError(f"sync.streams: unknown stream(s) {unknown}; known: {list(known)}")
     if config.exports.format not in ("csv", "json"):
         raise ConfigError(f"exports.format: must be 'csv' or 'json', got {config.exports.format!r}")
     if config.api.requests_per_second <= 0:

@@ -43,7 +43,7 @@ from pyspark.sql.types import (
 )
 
 from ometria_spark.crash import crash_later, crash_point
-from ometria_spark.spark import literal_path
+from ometria_spark.spark import hadoop_conf, hadoop_path, jvm, literal_path, release
 from ometria_spark.state import LOADED_FILES_TABLE, StateStore
 from ometria_spark.tables import EMAIL_EVENTS
 from ometria_spark.transforms import (
@@ -141,23 +141,6 @@ class ExportRead:
 # --- Hadoop FileSystem access (file:, s3a:, dbfs: alike) ------------------------------
 
 
-def _jvm(spark: SparkSession) -> Any:
-    jvm = spark._jvm
-    if jvm is None:
-        raise RuntimeError("the Spark session has no JVM gateway (Spark Connect is not supported)")
-    return jvm
-
-
-def _hadoop_conf(spark: SparkSession) -> Any:
-    # Runtime SQL confs (spark.conf.set("fs.s3a.endpoint", ...)) are not in
-    # _jsc.hadoopConfiguration(); newHadoopConf() merges them, as Spark's own reads do.
-    return spark._jsparkSession.sessionState().newHadoopConf()
-
-
-def _hadoop_path(spark: SparkSession, path: str) -> Any:
-    return _jvm(spark).org.apache.hadoop.fs.Path(path)
-
-
 def _is_hidden(name: str) -> bool:
     return name.startswith(("_", "."))
 
@@ -169,8 +152,8 @@ def discover(spark: SparkSession, root: str) -> list[ExportFile]:
     skipped, in the file name or in any folder below ``root``. A missing root raises
     ``FileNotFoundError``.
     """
-    conf = _hadoop_conf(spark)
-    root_path = _hadoop_path(spark, root)
+    conf = hadoop_conf(spark)
+    root_path = hadoop_path(spark, root)
     fs = root_path.getFileSystem(conf)
     if not fs.exists(root_path):
         raise FileNotFoundError(f"email-event export root does not exist: {root}")
@@ -193,15 +176,15 @@ def read_first_line(spark: SparkSession, path: str) -> str | None:
 
     Only the first line is read, so this costs one small read per file even for big files.
     """
-    jvm = _jvm(spark)
-    conf = _hadoop_conf(spark)
-    hpath = _hadoop_path(spark, path)
+    gateway = jvm(spark)
+    conf = hadoop_conf(spark)
+    hpath = hadoop_path(spark, path)
     stream = hpath.getFileSystem(conf).open(hpath)
     try:
-        codec = jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(conf).getCodec(hpath)
+        codec = gateway.org.apache.hadoop.io.compress.CompressionCodecFactory(conf).getCodec(hpath)
         if codec is not None:
             stream = codec.createInputStream(stream)
-        reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, "UTF-8"))
+        reader = gateway.java.io.BufferedReader(gateway.java.io.InputStreamReader(stream, "UTF-8"))
         line = reader.readLine()
     finally:
         stream.close()
@@ -353,7 +336,7 @@ def _read_json(spark: SparkSession, paths: list[str]) -> DataFrame:
 
 def _file_uri(spark: SparkSession, path: str) -> str:
     # _metadata.file_path is the path as a URI (a space is %20), the listing is not.
-    return str(_hadoop_path(spark, path).toUri().toString())
+    return str(hadoop_path(spark, path).toUri().toString())
 
 
 def _with_file_columns(spark: SparkSession, df: DataFrame, files: list[ExportFile]) -> DataFrame:
@@ -520,14 +503,6 @@ def _quarantine_files(
     state.quarantine(rows, stream=STREAM, run_id=run_id)
 
 
-def _release(checkpointed: DataFrame) -> None:
-    """Free a local checkpoint's blocks now rather than when the JVM collects them."""
-    try:
-        checkpointed._jdf.queryExecution().analyzed().rdd().unpersist(False)
-    except Exception:  # a plan of another shape: Spark's cleaner frees it later anyway
-        log.debug("could not unpersist a local checkpoint", exc_info=True)
-
-
 def load_email_events(
     spark: SparkSession,
     *,
@@ -578,7 +553,7 @@ def load_email_events(
             stats = _file_stats(cached)
             break
         except Exception as exc:  # Spark wraps I/O errors in several exception types
-            _release(cached)
+            release(cached)
             cached = None
             # Only now is each file read alone, to find the broken one(s).
             broken = [(f, _count_alone(spark, f, fmt)) for f in readable]
@@ -637,7 +612,7 @@ def load_email_events(
             result.files_loaded = len(readable)
     finally:
         if cached is not None:
-            _release(cached)
+            release(cached)
     return result
 
 

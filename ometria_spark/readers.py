@@ -28,7 +28,7 @@ from pyspark.sql.types import (
     StructType,
 )
 
-from ometria_spark.spark import literal_path
+from ometria_spark.spark import hadoop_conf, hadoop_path, literal_path
 from ometria_spark.tables import REQUEST_UPDATE_SINCE, TableSpec
 from ometria_spark.transforms import (
     CORRUPT_COLUMN,
@@ -137,17 +137,14 @@ def read_pages(spark: SparkSession, paths: list[str], spec: TableSpec) -> DataFr
 def empty_files(spark: SparkSession, paths: list[str]) -> list[str]:
     """The zero-byte files among ``paths`` (as their qualified paths): one listing of each
     folder (a pull's pages share one)."""
-    jvm = spark._jvm
-    if jvm is None:
-        raise RuntimeError("the Spark session has no JVM gateway (Spark Connect is not supported)")
-    conf = spark._jsparkSession.sessionState().newHadoopConf()
+    conf = hadoop_conf(spark)
     wanted: dict[str, set[str]] = {}
     for path in paths:
         folder, name = path.rstrip("/").rsplit("/", 1)
         wanted.setdefault(folder, set()).add(name)
     empty = []
     for folder, names in wanted.items():
-        hadoop_folder = jvm.org.apache.hadoop.fs.Path(folder)
+        hadoop_folder = hadoop_path(spark, folder)
         for status in hadoop_folder.getFileSystem(conf).listStatus(hadoop_folder):
             if status.isFile() and status.getLen() == 0 and status.getPath().getName() in names:
                 empty.append(str(status.getPath().toString()))

@@ -11,14 +11,18 @@ Every session runs with ``spark.sql.session.timeZone=UTC``.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
+from typing import Any
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from ometria_spark import jars
 from ometria_spark.config import Config, s3_buckets
+
+log = logging.getLogger(__name__)
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
@@ -157,3 +161,32 @@ def require_delta(spark: SparkSession) -> None:
             f"--conf spark.sql.extensions={DELTA_EXTENSION} "
             f"--conf spark.sql.catalog.spark_catalog={DELTA_CATALOG} (see README: spark-submit)"
         )
+
+
+# --- through the JVM (a classic session only; see the README on Spark Connect) ---------------
+
+
+def jvm(spark: SparkSession) -> Any:
+    gateway = spark._jvm
+    if gateway is None:
+        raise RuntimeError("the Spark session has no JVM gateway (Spark Connect is not supported)")
+    return gateway
+
+
+def hadoop_conf(spark: SparkSession) -> Any:
+    """The Hadoop configuration Spark's own reads use: runtime SQL confs
+    (``spark.conf.set("fs.s3a.endpoint", ...)``) are not in ``_jsc.hadoopConfiguration()``;
+    ``newHadoopConf()`` merges them in."""
+    return spark._jsparkSession.sessionState().newHadoopConf()
+
+
+def hadoop_path(spark: SparkSession, path: str) -> Any:
+    return jvm(spark).org.apache.hadoop.fs.Path(path)
+
+
+def release(checkpointed: DataFrame) -> None:
+    """Free a local checkpoint's blocks now rather than when the JVM collects them."""
+    try:
+        checkpointed._jdf.queryExecution().analyzed().rdd().unpersist(False)
+    except Exception:  # a plan of another shape: Spark's cleaner frees it later anyway
+        log.debug("could not unpersist a local checkpoint", exc_info=True)

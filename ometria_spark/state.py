@@ -102,8 +102,11 @@ RUNS_SCHEMA = StructType(
 )
 
 
-def table_ref(config: Config, table: str) -> TableRef:
-    """Where one of the job's tables (data or state) lives for this config."""
+def table_ref(config: Config, table: str, *, register: bool = True) -> TableRef:
+    """Where one of the job's tables (data or state) lives for this config. A path table is
+    also registered by name in the session catalog unless ``register`` is false (a process
+    whose in-memory catalog ends with it: the names would die unseen, and registering
+    costs a second or two of catalog work on a cold JVM)."""
     tables_path = config.storage.tables_path
     if tables_path:
         files = (
@@ -114,7 +117,7 @@ def table_ref(config: Config, table: str) -> TableRef:
         return TableRef(
             config.table_location(table),
             is_path=True,
-            catalog_name=config.table_name(table),
+            catalog_name=config.table_name(table) if register else None,
             files=files,
         )
     return TableRef(config.table_name(table), is_path=False)
@@ -123,15 +126,24 @@ def table_ref(config: Config, table: str) -> TableRef:
 class StateStore:
     """Cursors, run records and quarantine for one configuration."""
 
-    def __init__(self, spark: SparkSession, config: Config) -> None:
+    def __init__(self, spark: SparkSession, config: Config, *, register_names: bool = True) -> None:
         self.spark = spark
-        self.state_ref = table_ref(config, STATE_TABLE)
-        self.runs_ref = table_ref(config, RUNS_TABLE)
-        self.quarantine_ref = table_ref(config, QUARANTINE_TABLE)
+        self.config = config
+        self.register_names = register_names
+        self._refs: dict[str, TableRef] = {}
+        self.state_ref = self.ref(STATE_TABLE)
+        self.runs_ref = self.ref(RUNS_TABLE)
+        self.quarantine_ref = self.ref(QUARANTINE_TABLE)
         self._ready: set[str] = set()
         self._cursors: dict[str, dict[str, str]] | None = None
         # The data tables' versions, as this run read or wrote them (see sync._version).
         self.versions: dict[str, dict[str, object] | None] = {}
+
+    def ref(self, table: str) -> TableRef:
+        """Where ``table`` lives, one ref per table for the life of this store (a run)."""
+        if table not in self._refs:
+            self._refs[table] = table_ref(self.config, table, register=self.register_names)
+        return self._refs[table]
 
     def _table(self, ref: TableRef, schema: StructType) -> DeltaTable:
         """The table, created on first use (checked once per store, not per call)."""

@@ -24,12 +24,13 @@ from pyspark.sql import functions as F
 from ometria_spark.client import OmetriaClient, PagingFacts, Throttle, api_key_from_env
 from ometria_spark.config import Config
 from ometria_spark.crash import crash_later, crash_point
-from ometria_spark.extract import API_STREAMS, land, make_plan
+from ometria_spark.extract import land, make_plan
 from ometria_spark.landing import Landing, Plan, storage_for
 from ometria_spark.lock import RunLock, SyncLockedError
 from ometria_spark.readers import read_records
-from ometria_spark.spark import on_databricks, s3a_conf
-from ometria_spark.state import RunRecord, StateStore, table_ref
+from ometria_spark.spark import on_databricks, release, s3a_conf
+from ometria_spark.state import LOADED_FILES_TABLE, RunRecord, StateStore
+from ometria_spark.streams import ApiStream, api_stream, registry
 from ometria_spark.tables import TABLES
 from ometria_spark.transforms import (
     BAD_VALUES_COLUMN,
@@ -47,13 +48,6 @@ from ometria_spark.writer import TableRef, ensure_table, merge_into, table_versi
 
 log = logging.getLogger(__name__)
 
-STREAM_ORDER: tuple[str, ...] = (
-    "lists",
-    "profiles",
-    "member_lists",
-    "unsubscribes",
-    "email_events",
-)
 CURSOR_FORMAT = "yyyy-MM-dd'T'HH:mm:ss"
 # Bumped when the same records would give other rows (the mapping or its rules changed):
 # pulls merged under another version are never skipped as "merged before".
@@ -155,15 +149,18 @@ def run(
     full_refresh: bool = False,
     now: datetime | None = None,
     on_page: Callable[[str, int, int], None] | None = None,
+    register_names: bool = True,
 ) -> RunReport:
     """Sync the configured (or given) streams; never raises for a failed stream.
 
     One sync of the same landing zone (and tables) at a time: a run that finds the lock
-    held by a live run does nothing and reports every stream ``refused``.
+    held by a live run does nothing and reports every stream ``refused``. With
+    ``register_names`` (and ``storage.tables_path``), path tables are also registered by
+    name in the session's catalog.
     """
     started = now or datetime.now(UTC)
     report = RunReport(new_run_id(started))
-    selected = [s for s in STREAM_ORDER if s in (streams or config.sync.streams)]
+    selected = [s.name for s in registry() if s.name in (streams or config.sync.streams)]
     for key, value in s3a_conf(config).items():
         spark.conf.set(key, value)
     landing = Landing(
@@ -183,7 +180,7 @@ def run(
         return report
     try:
         with run_settings(spark):
-            state = StateStore(spark, config)
+            state = StateStore(spark, config, register_names=register_names)
             _run_streams(
                 spark, config, state, landing, report, selected, full_refresh, started, on_page
             )
@@ -208,7 +205,8 @@ def _run_streams(
     client: OmetriaClient | None = None
     setup_error: Exception | None = None
     api_key = ""
-    if any(s in API_STREAMS for s in selected):
+    api_streams = [s.name for s in registry() if isinstance(s, ApiStream) and s.name in selected]
+    if api_streams:
         try:
             api_key = resolve_api_key(config, spark)
             client = OmetriaClient(
@@ -227,7 +225,6 @@ def _run_streams(
     counts = {s: MergeCounts() for s in selected}
     failed_early: dict[str, Exception] = {}
     pulls: dict[str, Future[Plan]] = {}
-    api_streams = [s for s in selected if s in API_STREAMS]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ometria-extract") as extractor:
 
         def pull(stream: str, stream_cursors: dict[str, str], run_id: str) -> Future[Plan]:
@@ -297,7 +294,7 @@ def _run_streams(
             try:
                 if stream in failed_early:
                     raise failed_early[stream]
-                if stream == "email_events":
+                if stream not in api_streams:  # files: the export
                     _sync_email_events(spark, config, state, record, full_refresh)
                 else:
                     plan = pulls[stream].result()
@@ -336,7 +333,7 @@ def _reload_if_table_gone(
     """A stream whose table is gone (dropped by hand, or a new ``storage.tables_path`` with
     the old cursors) while ``_sync_state`` holds its cursors would only get what changed
     since: its cursors are forgotten, so that the table is loaded again whole."""
-    if state.cursors(stream) and _version(spark, state, table_ref(config, stream)) is None:
+    if state.cursors(stream) and _version(spark, state, state.ref(stream)) is None:
         log.warning("%s: its table is missing while _sync_state has its cursors; loading "
                     "it again from the start", stream)  # fmt: skip
         state.reset(stream)
@@ -442,7 +439,7 @@ def merge_pull(
     and the same mapping, changes nothing, and is marked merged without reading it.
     """
     spec = TABLES[plan.stream]
-    ref = table_ref(config, spec.name)
+    ref = state.ref(spec.name)
     paths = landing.page_paths(plan)
     counts = MergeCounts(pages=len(paths))
     new_cursors: dict[str, str] = {}
@@ -463,7 +460,7 @@ def merge_pull(
         # a _problem too). A local checkpoint rather than .cache(): cheaper to fill (rows,
         # not compressed columns), and a plain RDD to the MERGE (as in exports.py).
         keep = (SOURCE_FILE, SOURCE_COLUMN, PROBLEM_COLUMN, RAW_COLUMN, SERVER_DATE_COLUMN,
-                *CURSOR_FIELDS.get(plan.stream, ()))  # fmt: skip
+                *api_stream(plan.stream).cursor_fields)  # fmt: skip
         rows = (
             read_records(spark, paths, spec)
             .transform(
@@ -499,7 +496,7 @@ def merge_pull(
             new_cursors.update(summary.cursors)
         else:  # nothing to merge (the hourly case): skip the MERGE, but the table exists
             ensure_table(spark, spec, ref)
-        _release(rows)
+        release(rows)
     elif not skipped:  # a pull of no page (no list to read changes of): the table exists
         ensure_table(spark, spec, ref)
     crash_point(f"merged:{plan.stream}")
@@ -580,20 +577,6 @@ def _quarantine_rejects(
     return total
 
 
-def _release(checkpointed: DataFrame) -> None:
-    """Free a local checkpoint's blocks now rather than when the JVM collects them."""
-    try:
-        checkpointed._jdf.queryExecution().analyzed().rdd().unpersist(False)
-    except Exception:  # a plan of another shape: Spark's cleaner frees it later anyway
-        log.debug("could not unpersist a local checkpoint", exc_info=True)
-
-
-# The raw fields ``observed`` reads the next cursors from, per stream.
-CURSOR_FIELDS: dict[str, tuple[str, ...]] = {
-    "profiles": ("update_since",),
-    "unsubscribes": ("timestamp",),
-    "member_lists": ("id", "timestamp"),
-}
 # Records stamped later than this past the server's clock are reported (a clock slip of
 # the source, or a placeholder date such as 2099).
 FUTURE_SLACK_SECONDS = 300
@@ -621,14 +604,15 @@ def observed(stream: str, rows: DataFrame) -> Observed:
     """
     good = F.col(PROBLEM_COLUMN).isNull()
     bad_values = F.sum(F.when(good, F.size(BAD_VALUES_COLUMN))).alias("bad")
-    fields_ = CURSOR_FIELDS.get(stream)
+    fields_ = api_stream(stream).cursor_fields
     if not fields_:
         total = rows.agg(bad_values).first()
         return Observed({}, int(total["bad"] or 0) if total is not None else 0)
     stamp = F.when(good, parse_timestamp(F.col(fields_[-1])))
     server = parse_timestamp(F.col(SERVER_DATE_COLUMN))
     late = stamp > server + F.expr(f"INTERVAL {FUTURE_SLACK_SECONDS} SECONDS")
-    scope = F.col("id") if stream == "member_lists" else F.lit("")
+    scope_field = api_stream(stream).scope_field
+    scope = F.col(scope_field) if scope_field else F.lit("")
     found = (
         rows.groupBy(F.coalesce(scope, F.lit("")).alias("scope"))
         .agg(
@@ -673,8 +657,8 @@ def _sync_email_events(
         root=config.exports.email_events_path,
         fmt=config.exports.format,
         full_refresh=full_refresh,
-        table=table_ref(config, "email_events"),
-        loaded_files=table_ref(config, "_loaded_files"),
+        table=state.ref("email_events"),
+        loaded_files=state.ref(LOADED_FILES_TABLE),
         state=state,
         source_id=config.source_id,
         account_id=config.account_id,

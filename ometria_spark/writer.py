@@ -18,6 +18,7 @@ from pyspark.sql.types import StructType
 
 from ometria_spark.crash import crash_later
 from ometria_spark.landing import LocalStorage, Storage, local_root
+from ometria_spark.spark import release
 from ometria_spark.tables import KEY_COLUMN, SYNCED_AT, TableSpec
 from ometria_spark.transforms import finalize, latest_per_key, validate_columns
 
@@ -42,6 +43,11 @@ def is_write_conflict(exc: BaseException) -> bool:
     return java is not None and str(java.toString()).startswith(_CONFLICTS)
 
 
+@dataclass
+class _Seen:
+    value: bool = False
+
+
 @dataclass(frozen=True)
 class TableRef:
     """Where a table lives: a Delta path (``is_path``) or a catalog name."""
@@ -53,6 +59,10 @@ class TableRef:
     # In path mode, the table folder's files as Python sees them (to clear what a run killed
     # while creating the table left); local paths need none, other schemes go without.
     files: Storage | None = field(default=None, compare=False)
+    # Set once this ref's table was found or created (and registered): later writes through
+    # the same ref skip the catalog and storage checks. A run makes its refs once
+    # (``state.StateStore.ref``), so this lives as long as the run.
+    seen: _Seen = field(default_factory=lambda: _Seen(), compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -82,16 +92,6 @@ def table_exists(spark: SparkSession, ref: TableRef) -> bool:
     return bool(spark.catalog.tableExists(ref.location))
 
 
-# Path tables are also registered by name in the session catalog. The CLI turns this off when
-# that catalog is in memory: the names would die with the process, and registering costs a
-# second or two of catalog work on a cold JVM per run.
-REGISTER_NAMES = True
-
-# Tables this process has seen exist (and registered), per session: each check is a
-# catalog or storage round trip, and a sync would otherwise repeat them for every write.
-_KNOWN: set[tuple[int, str]] = set()
-
-
 def create_if_absent(
     spark: SparkSession,
     ref: TableRef,
@@ -100,14 +100,13 @@ def create_if_absent(
     properties: Mapping[str, str] | None = None,
 ) -> DeltaTable:
     """Open the Delta table at ``ref``, creating it with ``schema`` (and table
-    ``properties``) first if needed; in path mode also register its catalog name. An
-    existing table keeps its properties."""
-    known = (id(spark), ref.location)
-    if known in _KNOWN:
+    ``properties``) first if needed; in path mode also register its catalog name (if the
+    ref has one). An existing table keeps its properties."""
+    if ref.seen.value:
         try:
             return open_table(spark, ref)
         except Exception:  # removed since: check and create again
-            _KNOWN.discard(known)
+            ref.seen.value = False
     existing = _open_existing(spark, ref)
     if existing is None:
         if ref.is_path:
@@ -120,10 +119,10 @@ def create_if_absent(
         for key, value in (properties or {}).items():
             builder = builder.property(key, value)
         builder.execute()
-    if ref.is_path and ref.catalog_name and REGISTER_NAMES:
+    if ref.is_path and ref.catalog_name:
         register(spark, ref)
     table = existing or open_table(spark, ref)
-    _KNOWN.add(known)
+    ref.seen.value = True
     return table
 
 
@@ -308,7 +307,7 @@ def _upsert(
             .execute()
         )
     finally:
-        _release(changes)
+        release(changes)
     return MergeMetrics(
         affected=done.affected + merged.affected,
         inserted=done.inserted + merged.inserted,
@@ -333,14 +332,6 @@ def _changed_rows(
         .select(F.col(KEY_COLUMN))
     )
     return source.join(same, KEY_COLUMN, "left_anti")
-
-
-def _release(checkpointed: DataFrame) -> None:
-    """Free a local checkpoint's blocks now rather than when the JVM collects them."""
-    try:
-        checkpointed._jdf.queryExecution().analyzed().rdd().unpersist(False)
-    except Exception:  # a plan of another shape: Spark's cleaner frees it later anyway
-        log.debug("could not unpersist a local checkpoint", exc_info=True)
 
 
 def _has_repeated_keys(source: DataFrame) -> bool:

@@ -6,13 +6,9 @@ every expected row is written out by hand, keys computed with hashlib.
 
 from __future__ import annotations
 
-import csv
 import gzip
 import hashlib
-import io
-import json
 import os
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +19,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ometria_spark.config import Config, StorageConfig
+from ometria_spark.emulator.exports import EXPORT_COLUMNS, csv_bytes, jsonl_bytes
 from ometria_spark.exports import (
     EmailEventsResult,
     ExportFile,
@@ -41,11 +38,6 @@ SYNCED_2 = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
 SYNCED_3 = datetime(2026, 12, 2, 12, 0, 0, tzinfo=UTC)
 MTIME_MS = 1_767_225_600_000  # 2026-01-01 00:00 UTC; later files get later times
 
-EXPORT_COLUMNS = [
-    "event_id", "uuid", "to_address", "event_type", "dt_occurred", "bounce_class", "reason",
-    "device_type", "geo_country", "geo_region", "geo_timezone", "target_url",
-    "campaign_title", "campaign_type",
-]  # fmt: skip
 # File B: another column order, some optional columns omitted, one unknown column.
 REORDERED = [
     "dt_occurred", "event_type", "to_address", "device_type", "uuid", "event_id",
@@ -98,19 +90,6 @@ PATH_C = "2026/01/03/email_events_0.csv.gz"
 
 
 # --- writing export files ---------------------------------------------------------------
-
-
-def csv_bytes(header: Sequence[str], events: list[dict[str, str]]) -> bytes:
-    buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    for event in events:
-        writer.writerow([event.get(c, "") for c in header])
-    return buffer.getvalue().encode("utf-8")
-
-
-def jsonl_bytes(events: list[dict[str, str]]) -> bytes:
-    return "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events).encode("utf-8")
 
 
 def export_files(fmt: str) -> list[tuple[str, bytes]]:

@@ -11,6 +11,7 @@ import gzip
 import io
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +33,17 @@ EXPORT_COLUMNS = [
 ]
 
 
-def _csv_bytes(events: list[dict[str, Any]]) -> bytes:
+def csv_bytes(header: Sequence[str], events: list[dict[str, Any]]) -> bytes:
+    """A CSV file with ``header``, one row per event (a missing or None value is empty)."""
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer)
-    writer.writerow(EXPORT_COLUMNS)
+    writer.writerow(header)
     for event in events:
-        writer.writerow(["" if event.get(c) is None else event[c] for c in EXPORT_COLUMNS])
+        writer.writerow(["" if event.get(c) is None else event[c] for c in header])
     return buffer.getvalue().encode("utf-8")
 
 
-def _jsonl_bytes(events: list[dict[str, Any]]) -> bytes:
+def jsonl_bytes(events: list[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events).encode("utf-8")
 
 
@@ -69,7 +71,7 @@ def export_files(
         folder = day.replace("-", "/")
         for n, begin in enumerate(range(0, len(day_events), chunk)):
             part = day_events[begin : begin + chunk]
-            data = _csv_bytes(part) if fmt == "csv" else _jsonl_bytes(part)
+            data = csv_bytes(EXPORT_COLUMNS, part) if fmt == "csv" else jsonl_bytes(part)
             if compress:
                 # mtime=0 keeps the bytes identical from run to run.
                 data = gzip.compress(data, mtime=0)

@@ -33,13 +33,12 @@ from pyspark.sql.types import StructType
 from ometria_spark.config import Config, load_config
 from ometria_spark.crash import crash_later, crash_point
 from ometria_spark.emulator.dataset import Dataset
-from ometria_spark.emulator.exports import EXPORT_COLUMNS, export_files, write_local
+from ometria_spark.emulator.exports import EXPORT_COLUMNS, csv_bytes, export_files, write_local
 from ometria_spark.emulator.server import EmulatorServer
 from ometria_spark.exports import RAW_FIELDS
 from ometria_spark.state import LOADED_FILES_TABLE, QUARANTINE_TABLE, RUNS_TABLE, STATE_TABLE
 from ometria_spark.tables import EMAIL_EVENTS, SYNCED_AT
 from tests import expected
-from tests.test_exports import csv_bytes
 from tests.test_job import sync, write_config
 from tests.test_sync import ACCOUNT, KEY, SOURCE, assert_tables_match
 

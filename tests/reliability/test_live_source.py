@@ -26,14 +26,13 @@ from pyspark.sql import functions as F
 
 from ometria_spark.config import Config, load_config
 from ometria_spark.emulator.dataset import Dataset
-from ometria_spark.emulator.exports import EXPORT_COLUMNS
+from ometria_spark.emulator.exports import EXPORT_COLUMNS, csv_bytes
 from ometria_spark.emulator.server import EmulatorServer, LiveChanges
 from ometria_spark.state import QUARANTINE_TABLE, RUNS_TABLE
 from ometria_spark.sync import RunReport, run
 from ometria_spark.tables import KEY_COLUMN, SYNCED_AT, TABLES
 from tests import expected
 from tests.reliability.rows import assert_rows, cursors
-from tests.test_exports import csv_bytes
 from tests.test_sync import ACCOUNT, KEY, SOURCE, assert_tables_match
 from tests.test_sync import table as read_table
 
