@@ -20,12 +20,13 @@ from pathlib import Path
 from ometria_spark.client import OmetriaClient, Throttle
 from ometria_spark.emulator import Dataset, EmulatorServer
 from ometria_spark.emulator.server import RequestRecord
+from ometria_spark.streams import api_streams
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import KEY_ENV, job, timed, write_config
 from record import append
 
-API_STREAMS = ["lists", "profiles", "member_lists", "unsubscribes"]
+API_STREAMS = [s.name for s in api_streams()]
 
 
 def pull_profiles(profiles: int, rps: float, page_size: int) -> dict[str, float]:

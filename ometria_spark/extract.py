@@ -106,16 +106,14 @@ def land(
                         digests = None
                 if on_page:
                     on_page(plan.stream, fetched, records)
-        except NotFoundError as exc:
+        except NotFoundError:
             # Only a stream that can tell a deleted scope (a list gone from /lists) skips a
             # 404; any other 404 fails the stream and its cursor stays.
-            if stream.gone_on_404 is None:
+            if stream.on_404 is None:
                 raise
-            if not stream.gone_on_404(client, request):
-                raise ApiError(
-                    f"{exc}, although the source still has {stream.scope_arg} "
-                    f"{request.args.get(stream.scope_arg or '')}: not taken as deleted"
-                ) from None
+            reason = stream.on_404(client, request)
+            if reason is not None:
+                raise ApiError(reason) from None
             log.warning("%s: %s is gone (404, and no longer listed); skipping it",
                         plan.stream, request.args)  # fmt: skip
         landing.mark_request_done(plan, index)

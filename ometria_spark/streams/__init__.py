@@ -12,10 +12,10 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ometria_spark.config import INSTANT_FORMAT
 
@@ -75,8 +75,9 @@ class ApiStream:
     the scope (one cursor per value). ``scope_arg`` is the request argument that names a
     request's scope: landed with each page (its ``context``) and part of a record's digest.
     A record without ``fallback[0]`` takes the request's ``fallback[1]`` argument in its
-    row, so that argument is part of its digest. ``gone_on_404`` tells whether a request
-    answered 404 may be skipped as deleted (else a 404 is an error). A stream that is not
+    row, so that argument is part of its digest. ``on_404`` decides a request answered 404:
+    ``None`` when its scope is gone and it is skipped, else why it is an error (without
+    it, any 404 is an error). A stream that is not
     ``resumable`` starts its request again rather than continue after a landed page.
     """
 
@@ -88,7 +89,7 @@ class ApiStream:
     cursor_fields: tuple[str, ...] = ()
     scope_arg: str | None = None
     fallback: tuple[str, str] | None = None
-    gone_on_404: Callable[[OmetriaClient, Request], bool] | None = None
+    on_404: Callable[[OmetriaClient, Request], str | None] | None = None
     resumable: bool = True
 
     @property
@@ -102,7 +103,6 @@ class FileStream:
 
     name: str
     order: int
-    notes: dict[str, Any] = field(default_factory=dict)
 
 
 Stream = ApiStream | FileStream

@@ -66,10 +66,16 @@ def pages(client: OmetriaClient, request: Request, resume: ResumePoint) -> Itera
     return client.list_change_pages(args["list_id"], args["since"], resume.offset, resume.tail)
 
 
-def gone(client: OmetriaClient, request: Request) -> bool:
-    """Whether the list whose changes answered 404 is gone from ``/lists``: only then is it
-    skipped (a 404 for a listed one is an error, not an empty list)."""
-    return request.args["list_id"] not in _listed(client)[0]
+def on_404(client: OmetriaClient, request: Request) -> str | None:
+    """A list whose changes answered 404 is skipped only if ``/lists`` no longer has it (a
+    404 for a listed one is an error, not an empty list)."""
+    list_id = request.args["list_id"]
+    if list_id not in _listed(client)[0]:
+        return None
+    return (
+        f"/lists/{list_id}/changes answered HTTP 404 although /lists still has list "
+        f"{list_id}: not taken as a deleted list"
+    )
 
 
 STREAM = ApiStream(
@@ -80,5 +86,5 @@ STREAM = ApiStream(
     pages=pages,
     cursor_fields=("id", "timestamp"),
     scope_arg="list_id",
-    gone_on_404=gone,
+    on_404=on_404,
 )
