@@ -5,7 +5,7 @@ Lands a full pull of N profiles from the emulator (no rate limit) the way the jo
 
 - the read floor: Spark reading the same page files with the same schema (the records as
   structs, as the reader parses them) and writing them to the ``noop`` format;
-- the load: ``sync.merge_pull`` of that pull into an empty table (read, transform, MERGE,
+- the load: ``load.merge_pull`` of that pull into an empty table (read, transform, MERGE,
   cursor), the product's own code path;
 - a 1% increment: 1% of the profiles change in the emulator (new ``update_since``, changed
   fields), the incremental pull is planned from the table's cursor and landed, and merged
@@ -38,11 +38,12 @@ from ometria_spark.config import Config, config_from_dict
 from ometria_spark.emulator.dataset import DAY, Dataset
 from ometria_spark.emulator.server import EmulatorServer
 from ometria_spark.extract import envelope, land, make_plan
-from ometria_spark.landing import Landing, LocalStorage, Plan, Request
+from ometria_spark.landing import Landing, Plan, Request
+from ometria_spark.load import merge_pull
 from ometria_spark.readers import PAGE_SCHEMA
 from ometria_spark.spark import get_spark
-from ometria_spark.state import StateStore
-from ometria_spark.sync import MergeCounts, merge_pull
+from ometria_spark.state import MergeCounts, StateStore
+from ometria_spark.storage import LocalStorage
 from ometria_spark.tables import PROFILES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -39,16 +39,27 @@ def commit() -> str:
     return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
-def append(title: str, lines: list[str], results: Path = RESULTS) -> None:
-    """Append a section ``title`` holding ``lines`` (the printed table) to the results file."""
+BENCH_INTRO = (
+    "# Benchmark results\n\nAppended by the scripts in `bench/` (`make bench`); newest last.\n\n"
+)
+
+
+def append(
+    title: str,
+    lines: list[str],
+    results: Path = RESULTS,
+    *,
+    intro: str = BENCH_INTRO,
+    command: str | None = None,
+) -> None:
+    """Append a section ``title`` holding ``lines`` (the printed table) to the results file
+    (started with ``intro`` if new), after the ``command`` that printed them if given."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    block = [f"## {title}", "", f"{stamp} · commit {commit()} · {machine()}", "", "```"]
-    block += [*lines, "```", ""]
+    block = [f"## {title}", "", f"{stamp} · commit {commit()} · {machine()}", ""]
+    if command:
+        block += [f"`{command}`", ""]
+    block += ["```", *lines, "```", ""]
     if not results.exists():
-        results.write_text(
-            "# Benchmark results\n\nAppended by the scripts in `bench/` (`make bench`); "
-            "newest last.\n\n",
-            encoding="utf-8",
-        )
+        results.write_text(intro, encoding="utf-8")
     with results.open("a", encoding="utf-8") as handle:
         handle.write("\n".join(block) + "\n")

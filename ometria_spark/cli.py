@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 
 from ometria_spark.config import ConfigError, all_streams, load_config
+from ometria_spark.phases import PhaseHook, no_hook, phase_of
 from ometria_spark.state import RunRecord
 
 log = logging.getLogger("ometria_spark")
@@ -30,6 +34,49 @@ COLUMNS = (
     ("collapsed", 9),
     ("cursor", 20),
 )
+
+
+# For the crash tests (tests/reliability): kill this process at a named phase.
+CRASH_AT_ENV = "OMETRIA_SPARK_CRASH_AT"
+CRASH_DELAY_ENV = "OMETRIA_SPARK_CRASH_DELAY"
+
+
+def _kill() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def crash_hook_from_env(environ: Mapping[str, str]) -> PhaseHook:
+    """``OMETRIA_SPARK_CRASH_AT=name[#n]``: a phase hook that kills this process with
+    SIGKILL (no cleanup, no flush: as a lost driver or an OOM kill does) the ``n``-th time
+    (default: the first) the run reaches phase ``name``; at a *during* phase the kill comes
+    from a timer ``OMETRIA_SPARK_CRASH_DELAY`` seconds (default 1.0) later, while the step
+    runs. Unset: no hook. A name that is no declared phase raises ``ValueError``."""
+    spec = environ.get(CRASH_AT_ENV)
+    if not spec:
+        return no_hook
+    name, _, nth = spec.partition("#")
+    phase = phase_of(name)
+    if phase is None or (nth and not nth.isdigit()):
+        raise ValueError(f"{CRASH_AT_ENV}={spec!r} names no phase (see ometria_spark.phases)")
+    target = int(nth or 1)
+    delay = float(environ.get(CRASH_DELAY_ENV, "1.0"))
+    reached = 0
+
+    def hook(phase_name: str) -> None:
+        nonlocal reached
+        if phase_name != name:
+            return
+        reached += 1
+        if reached != target:
+            return
+        if phase.during:
+            timer = threading.Timer(delay, _kill)
+            timer.daemon = True
+            timer.start()
+        else:
+            _kill()
+
+    return hook
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -107,6 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ometria-sync: config error: {exc}", file=sys.stderr)
         return 2
 
+    try:
+        on_phase = crash_hook_from_env(os.environ)
+    except ValueError as exc:
+        print(f"ometria-sync: {exc}", file=sys.stderr)
+        return 2
+
     # Imported late: argument and config errors answer without starting a JVM.
     from ometria_spark.spark import get_spark, s3a_conf
     from ometria_spark.sync import run
@@ -129,11 +182,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     report = run(
         spark, config, full_refresh=args.full_refresh, on_page=progress,
-        register_names=lasting_catalog,
+        register_names=lasting_catalog, on_phase=on_phase,
     )  # fmt: skip
     print(f"run {report.run_id}")
     print(summary(report.streams))
-    failed = [r for r in report.streams if r.status != "succeeded"]
+    return exit_status(report.streams)
+
+
+def exit_status(records: list[RunRecord]) -> int:
+    """0 when every stream succeeded; else 1, with the reasons on stderr."""
+    failed = [r for r in records if r.status != "succeeded"]
     if failed and all(r.status == "refused" for r in failed):
         print(f"ometria-sync: refused to run: {failed[0].error}", file=sys.stderr)
         return 1

@@ -1,19 +1,18 @@
 """Client for Ometria's REST Data API (v2): auth, throttle, retries and paging.
 
+How a request's pages are walked is ``paging.OffsetPager``'s; the client gives it the GET.
 It returns pages of raw JSON records and knows nothing of Spark. The API key lives only in
 the session's request header; it never appears in a repr, a log record or an exception.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -24,6 +23,16 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import InvalidHeader
 from urllib3.util.retry import Retry
 
+# The errors and the paging types are defined in ``paging`` (the pager raises ``ApiError``
+# too) and re-exported here, where callers import them.
+from ometria_spark.errors import ApiError as ApiError
+from ometria_spark.errors import AuthError as AuthError
+from ometria_spark.errors import NotFoundError as NotFoundError
+from ometria_spark.errors import OmetriaError as OmetriaError
+from ometria_spark.paging import OffsetPager, Response
+from ometria_spark.paging import Page as Page
+from ometria_spark.paging import PagingFacts as PagingFacts
+
 logger = logging.getLogger(__name__)
 
 AUTH_HEADER = "X-Ometria-Auth"
@@ -31,28 +40,6 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
 DEFAULT_REQUESTS_PER_SECOND = 4.0
-# Backward re-reads of one request after records shifted under it, without getting any
-# further, before it gives up.
-MAX_RECOVERIES = 50
-# Endpoints whose paging Ometria does not document: the client checks that they honour
-# its limit (see ``PagingFacts``). Profiles' paging is documented (limit up to 250).
-UNDOCUMENTED_PAGING = frozenset({"list_changes", "unsubscribes"})
-
-
-class OmetriaError(Exception):
-    """Base class of every error raised by this client."""
-
-
-class AuthError(OmetriaError):
-    """The server refused the API key (HTTP 401 or 403)."""
-
-
-class NotFoundError(OmetriaError):
-    """The requested object does not exist (HTTP 404)."""
-
-
-class ApiError(OmetriaError):
-    """Retries exhausted, an unexpected status, or a body that is not a JSON array."""
 
 
 def check_api_key(api_key: str) -> str:
@@ -111,128 +98,6 @@ class Throttle:
 
     def __repr__(self) -> str:
         return f"Throttle(requests_per_second={self.requests_per_second})"
-
-
-@dataclass(frozen=True)
-class Page:
-    """One response of a list endpoint: the records exactly as returned, and how they were asked.
-
-    ``server_date`` is the response's ``Date`` header (the server's clock, UTC ISO text; None
-    if it sent none): cursors are bounded by it. ``repeats`` are the positions of records
-    that an earlier page of the same request delivered already, unchanged (re-read on
-    purpose, see ``OmetriaClient.paged``): readers leave them out.
-    """
-
-    endpoint: str
-    params: dict[str, str]
-    records: list[Any]
-    fetched_at: str
-    page_number: int
-    offset: int
-    server_date: str | None = None
-    repeats: tuple[int, ...] = ()
-
-    @property
-    def fresh(self) -> list[Any]:
-        """The records this page delivers: all but the ``repeats``."""
-        skip = set(self.repeats)
-        return [r for i, r in enumerate(self.records) if i not in skip]
-
-
-@dataclass(frozen=True)
-class Response:
-    records: list[Any]
-    fetched_at: str
-    server_date: str | None
-
-
-class PagingFacts:
-    """What the client has learned of the paging of endpoints whose paging is undocumented,
-    kept across runs (the landing zone stores it): ``cap``, the most records the server
-    returns per page whatever the limit; ``honoured``, the largest page it returned.
-
-    A short page (fewer records than the limit) normally ends a request. From a server that
-    caps pages below the limit, the first short page would end it early and the rest would
-    be lost; so the first time a short page is at least as long as any page seen before, the
-    next offset is probed once. Records there mean the server caps pages: its cap is then
-    remembered and used as the page size.
-    """
-
-    def __init__(
-        self,
-        known: Mapping[str, Mapping[str, int]] | None = None,
-        on_change: Callable[[dict[str, dict[str, int]]], None] | None = None,
-    ) -> None:
-        self._facts = {kind: dict(values) for kind, values in (known or {}).items()}
-        self._on_change = on_change
-        self._lock = threading.Lock()
-
-    def cap(self, kind: str) -> int | None:
-        return self._facts.get(kind, {}).get("cap")
-
-    def honoured(self, kind: str) -> int:
-        return self._facts.get(kind, {}).get("honoured", 0)
-
-    def learn(self, kind: str, *, cap: int | None = None, honoured: int = 0) -> None:
-        with self._lock:
-            facts = self._facts.setdefault(kind, {})
-            before = dict(facts)
-            if cap is not None:
-                facts["cap"] = cap
-            if honoured > facts.get("honoured", 0):
-                facts["honoured"] = honoured
-            changed = facts != before
-            snapshot = self.as_dict()
-        if changed and self._on_change is not None:
-            self._on_change(snapshot)
-
-    def as_dict(self) -> dict[str, dict[str, int]]:
-        return {kind: dict(values) for kind, values in self._facts.items()}
-
-
-def identity(kind: str, record: Any) -> str:
-    """What tells a record apart from the others of its request: a profile's id (a profile
-    may change between two reads of it), else the record's whole JSON (events don't)."""
-    if kind == "profiles" and isinstance(record, dict) and record.get("id") is not None:
-        return "id:" + str(record["id"])
-    return json.dumps(record, sort_keys=True, ensure_ascii=False, default=str)
-
-
-class _Recent:
-    """The last ``limit`` records a request delivered, by identity (see ``identity``)."""
-
-    def __init__(self, kind: str, limit: int) -> None:
-        self.kind = kind
-        self.limit = limit
-        self._records: dict[str, Any] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self._records)
-
-    def remember(self, records: list[Any]) -> None:
-        for record in records:
-            key = identity(self.kind, record)
-            self._records.pop(key, None)
-            self._records[key] = record
-        while len(self._records) > self.limit:
-            del self._records[next(iter(self._records))]
-
-    def holds_anchor(self, records: list[Any]) -> bool:
-        """Whether ``records`` hold the record delivered last."""
-        anchor = next(reversed(self._records))
-        return any(identity(self.kind, r) == anchor for r in records)
-
-    def holds_any(self, records: list[Any]) -> bool:
-        return any(identity(self.kind, r) in self._records for r in records)
-
-    def repeats(self, records: list[Any]) -> tuple[int, ...]:
-        """Positions of records delivered before exactly as they are now."""
-        missing = object()
-        return tuple(
-            i
-            for i, r in enumerate(records)
-            if self._records.get(identity(self.kind, r), missing) == r
-        )
 
 
 def _http_date(header: str | None) -> str | None:
@@ -370,134 +235,22 @@ class OmetriaClient:
         tail: Iterable[Any],
     ) -> Iterator[Page]:
         """Pages of ``GET endpoint`` with ``base_params``, by offset (``kind``: the request
-        kind, for what is learned about its paging). Offset paging that notices when the
-        records shift under it.
-
-        The API pages a live set by offset: a profile deleted (or merged away) before the
-        current offset moves every later record one place down, so the next page would skip
-        one. So each page after the first starts one record early, on the last record
-        delivered, the anchor. Found where it should be: nothing moved. Found later in the
-        page: records were inserted before it (those are re-read, harmlessly). Not in the
-        page: records before it went away; the request steps back (one record, then twice
-        as far, ...) until a page holds one of the records delivered last, and goes on
-        after it. Re-reading is harmless (an UPSERT); skipping is not.
-        """
-        cap = self.paging.cap(kind) if kind in UNDOCUMENTED_PAGING else None
-        limit = min(self.page_size, cap) if cap else self.page_size
-        recent = _Recent(kind, limit)  # the records delivered last, by identity
-        recent.remember(list(tail))
-        position = start_offset  # the offset of the first record not delivered yet
-        page_number = 0
-        previous: list[Any] | None = None
-        stalled = 0  # step-backs since the request last got further than ever before
-        furthest = position
-        while True:
-            offset = position - 1 if recent and position > 0 else position
-            got = self._page(endpoint, base_params, limit, offset)
-            records = got.records
-            if previous is not None and records == previous:
-                # Stopping here "cleanly" would pass a part of the data off as all of it (and
-                # the cursor would then move past the rest): the request fails instead.
-                raise ApiError(
-                    f"{endpoint} ignores offset: the page at offset {offset} repeats the page "
-                    f"before it, so the records after offset {offset} cannot be fetched"
-                )
-            if offset < position and not recent.holds_anchor(records):
-                # The anchor moved down: records before it were deleted. Step back.
-                stalled += 1
-                if stalled > MAX_RECOVERIES:
-                    raise ApiError(
-                        f"{endpoint}: the records kept shifting under the pull (deleted while "
-                        f"it was paged); gave up after {MAX_RECOVERIES} re-reads in a row"
-                    )
-                offset, got = self._step_back(endpoint, base_params, limit, offset, recent)
-                records = got.records
-                logger.warning("%s: records shifted down (deleted during the pull); re-read "
-                               "from offset %d", endpoint, offset)  # fmt: skip
-            repeats = recent.repeats(records)
-            yield Page(endpoint, got_params(base_params, limit, offset), records, got.fetched_at,
-                       page_number, offset, got.server_date, repeats)  # fmt: skip
-            page_number += 1
-            recent.remember(records)
-            position = offset + len(records)
-            if position > furthest:
-                furthest, stalled = position, 0
-            if len(records) > limit:
-                logger.warning(
-                    "%s returned %d records for limit %d: the server ignores limit; stopping",
-                    endpoint, len(records), limit,
-                )  # fmt: skip
-                return
-            if len(records) == limit:
-                if kind in UNDOCUMENTED_PAGING:  # a full page: it honours the limit
-                    self.paging.learn(kind, honoured=limit)
-                previous = records
-                continue
-            # A short page: the end, unless a server that caps pages below the limit cut it.
-            fresh = len(records) - len(repeats)
-            if not self._capped(kind, endpoint, base_params, limit, position, records, fresh):
-                return
-            limit = len(records)
-            recent.limit = limit
-            previous = None
-
-    def _step_back(
-        self,
-        endpoint: str,
-        base_params: dict[str, str],
-        limit: int,
-        offset: int,
-        recent: _Recent,
-    ) -> tuple[int, Response]:
-        """Re-read from earlier offsets, 1, 2, 4... records back, until a page holds a
-        record delivered before (or offset 0 is reached): its offset and the response.
-
-        Every record before a delivered one was delivered too (or arrived after the pull
-        passed its place: the next pull's, see the cursor bound), so the request can go on
-        after it; stepping back little by little keeps the re-read short (a deletion or
-        two moves the records one or two places), and each page mostly new records."""
-        step = 1
-        while True:
-            offset = max(0, offset - step)
-            got = self._page(endpoint, base_params, limit, offset)
-            if offset == 0 or recent.holds_any(got.records):
-                return offset, got
-            step *= 2
-
-    def _capped(
-        self,
-        kind: str,
-        endpoint: str,
-        base_params: dict[str, str],
-        limit: int,
-        position: int,
-        records: list[Any],
-        fresh: int,
-    ) -> bool:
-        """True when a short page was cut by the server's own cap (records follow it); the
-        cap is then remembered. Probes at most once per page size ever seen."""
-        if kind not in UNDOCUMENTED_PAGING or fresh <= 0:
-            return False
-        if self.paging.cap(kind) is not None or len(records) < self.paging.honoured(kind):
-            # A known cap, or fewer records than the server returned in one page before:
-            # the end. (As many as the largest page seen could still be a cap: probed.)
-            return False
-        probe = self._page(endpoint, base_params, limit, position)
-        if not probe.records:
-            self.paging.learn(kind, honoured=len(records))
-            return False
-        logger.warning(
-            "%s returned %d records for limit %d, and more after them: the server caps pages "
-            "at %d; paging with that size from now on",
-            endpoint, len(records), limit, len(records),
-        )  # fmt: skip
-        self.paging.learn(kind, cap=len(records))
-        return True
-
-    def _page(
-        self, endpoint: str, base_params: dict[str, str], limit: int, offset: int
-    ) -> Response:
-        return self._get_array(endpoint, got_params(base_params, limit, offset))
+        kind, for what is learned about its paging), from ``start_offset``; ``tail``: the
+        last records already delivered, when resuming. Offset paging that notices when the
+        records shift under it: see ``OffsetPager``."""
+        pager = OffsetPager(
+            self._get_array,
+            self.paging,
+            kind=kind,
+            endpoint=endpoint,
+            base_params=base_params,
+            page_size=self.page_size,
+            start_offset=start_offset,
+            tail=tail,
+        )
+        # A generator itself, so that nothing (not even reading ``tail``) happens before the
+        # first page is asked for.
+        yield from pager.pages()
 
     def _get_array(self, endpoint: str, params: dict[str, str]) -> Response:
         """GET one endpoint with retries; return the JSON array, when it was fetched, and
@@ -599,10 +352,6 @@ class OmetriaClient:
             return retry_after
         cap = min(self.backoff_max, self.backoff_base * (2 ** (attempt - 1)))
         return random.uniform(0.0, cap)
-
-
-def got_params(base_params: dict[str, str], limit: int, offset: int) -> dict[str, str]:
-    return {**base_params, "limit": str(limit), "offset": str(offset)}
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

@@ -16,8 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+from pyspark.sql import SparkSession
+
 from ometria_spark.cli import summary
-from ometria_spark.config import load_config
+from ometria_spark.config import Config, load_config
 from ometria_spark.emulator.dataset import Dataset
 from ometria_spark.emulator.exports import export_files, write_local
 from ometria_spark.emulator.server import EmulatorServer
@@ -94,6 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         second = run(spark, config)
         print(summary(second.streams), flush=True)
 
+    print_tables(spark, config, warehouse)
+    print(f"demo finished in {time.monotonic() - started:.0f} s")
+    return 0 if first.ok and second.ok else 1
+
+
+def print_tables(spark: SparkSession, config: Config, warehouse: Path) -> None:
+    """Print each table's row count and location, then the ``QUERIES`` and their results."""
     print("\n== the tables ==")
     for table in ("profiles", "lists", "member_lists", "unsubscribes", "email_events"):
         rows = spark.read.format("delta").load(config.table_location(table)).count()
@@ -106,8 +115,6 @@ def main(argv: list[str] | None = None) -> int:
         "notebooks/explore_ometria.ipynb; tables are Delta folders under "
         f"{warehouse / 'ometria'}."
     )
-    print(f"demo finished in {time.monotonic() - started:.0f} s")
-    return 0 if first.ok and second.ok else 1
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from datetime import datetime
 
 from ometria_spark.client import ApiError, NotFoundError, OmetriaClient, Page
-from ometria_spark.crash import crash_point
 from ometria_spark.landing import MAX_DIGESTS, Landing, Plan, Request, ResumePoint
+from ometria_spark.phases import PhaseHook, no_hook, phase_name
 from ometria_spark.streams import PlanInputs, api_stream, for_request
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ def land(
     landing: Landing,
     *,
     on_page: ProgressCallback | None = None,
+    on_phase: PhaseHook = no_hook,
 ) -> int:
     """Fetch every request of the plan not yet landed; return the pages fetched now.
 
@@ -98,7 +99,7 @@ def land(
                     landing.replace_page(plan, resume.replaces, index, sequence, page.offset)
                 sequence += 1
                 fetched += 1
-                crash_point(f"extracting:{plan.stream}", when=fetched == 2)
+                on_phase(phase_name("extracting:{stream}", stream=plan.stream))
                 records += len(page.records) - len(page.repeats)
                 if digests is not None:
                     digests.extend(record_digest(request, r) for r in page.records)

@@ -9,7 +9,7 @@ Layout under ``storage.raw_path``::
     {stream}/{run_id}/_digests.json         md5 of every record of a small pull (see below)
     {stream}/{run_id}/_merged               pages merged and the cursor committed
     {stream}/{run_id}/_abandoned            set aside unmerged (planned from stale cursors)
-    {stream}/{run_id}/_resumed              half landed by a run that died (see sync.py)
+    {stream}/{run_id}/_resumed              half landed by a run that died (see spans_runs)
     {stream}/_last_merged.json              run id, digests and cursors of the newest merge,
                                             and the table version it left
     _paging.json                            what was learned of the API's paging (caps)
@@ -28,196 +28,23 @@ merge and the job skips its Spark work.
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import urlparse
+from typing import Any
 
-from ometria_spark.crash import crash_point
+from ometria_spark.storage import Storage, local_root
 
 PLAN_FILE = "_plan.json"
 MERGED_MARKER = "_merged"
 ABANDONED_MARKER = "_abandoned"
+RESUMED_MARKER = "_resumed"
 DIGESTS_FILE = "_digests.json"
 LAST_MERGED_FILE = "_last_merged.json"
 PAGING_FILE = "_paging.json"
 MAX_DIGESTS = 20_000
 # r0000-p000001-o000000249.json; pulls landed by earlier versions: r0000-o000000000.json
 _PAGE = re.compile(r"^r(\d{4})-(?:p(\d{6})-)?o(\d{9})\.json$")
-
-
-class Storage(Protocol):
-    def write_text(self, path: str, text: str) -> None: ...
-    def read_text(self, path: str) -> str: ...
-    def create_exclusive(self, path: str, text: str) -> bool: ...
-    def delete(self, path: str) -> None: ...
-    def list_names(self, folder: str) -> list[str]: ...
-    def list_tree(self, folder: str) -> list[str]: ...
-    def remove_tree(self, folder: str) -> bool: ...
-    def spark_path(self, path: str) -> str: ...
-
-
-class LocalStorage:
-    """A local folder (or the /dbfs mount)."""
-
-    def __init__(self, spark_prefix: str = "") -> None:
-        # dbfs:/x is /dbfs/x to Python and dbfs:/x to Spark.
-        self._spark_prefix = spark_prefix
-
-    def write_text(self, path: str, text: str) -> None:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, target)
-
-    def read_text(self, path: str) -> str:
-        return Path(path).read_text(encoding="utf-8")
-
-    def create_exclusive(self, path: str, text: str) -> bool:
-        """Create ``path`` with ``text`` unless it exists (atomic: ``O_EXCL``)."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        return True
-
-    def delete(self, path: str) -> None:
-        Path(path).unlink(missing_ok=True)
-
-    def list_names(self, folder: str) -> list[str]:
-        base = Path(folder)
-        if not base.is_dir():
-            return []
-        return sorted(p.name for p in base.iterdir() if not p.name.startswith(".tmp-"))
-
-    def list_tree(self, folder: str) -> list[str]:
-        """Every file below ``folder``, as paths relative to it."""
-        base = Path(folder)
-        return sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.is_file())
-
-    def remove_tree(self, folder: str) -> bool:
-        """Delete ``folder`` and all below it; False if there was none."""
-        if not Path(folder).exists():
-            return False
-        shutil.rmtree(folder)
-        return True
-
-    def spark_path(self, path: str) -> str:
-        if self._spark_prefix:
-            return self._spark_prefix + path.removeprefix("/dbfs")
-        return "file://" + str(Path(path).resolve())
-
-
-class S3Storage:
-    """An S3 (or S3-compatible) prefix, through boto3."""
-
-    def __init__(self, endpoint_url: str | None = None, region: str | None = None) -> None:
-        import boto3
-
-        self._client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
-
-    @staticmethod
-    def _split(path: str) -> tuple[str, str]:
-        parsed = urlparse(path)
-        return parsed.netloc, parsed.path.lstrip("/")
-
-    def write_text(self, path: str, text: str) -> None:
-        bucket, key = self._split(path)
-        self._client.put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"))
-
-    def read_text(self, path: str) -> str:
-        """The object's text; ``FileNotFoundError`` when there is none (as locally)."""
-        bucket, key = self._split(path)
-        try:
-            body = self._client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except self._client.exceptions.NoSuchKey as exc:
-            raise FileNotFoundError(path) from exc
-        return str(body.decode("utf-8"))
-
-    def create_exclusive(self, path: str, text: str) -> bool:
-        """Create ``path`` unless it exists (an S3 conditional write, ``If-None-Match: *``)."""
-        from botocore.exceptions import ClientError
-
-        bucket, key = self._split(path)
-        try:
-            self._client.put_object(
-                Bucket=bucket, Key=key, Body=text.encode("utf-8"), IfNoneMatch="*"
-            )
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
-                return False
-            raise
-        return True
-
-    def delete(self, path: str) -> None:
-        bucket, key = self._split(path)
-        self._client.delete_object(Bucket=bucket, Key=key)
-
-    def list_names(self, folder: str) -> list[str]:
-        bucket, key = self._split(folder.rstrip("/") + "/")
-        names: set[str] = set()
-        paginator = self._client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=bucket, Prefix=key, Delimiter="/"):
-            names.update(o["Key"][len(key) :] for o in page.get("Contents", []))
-            names.update(
-                p["Prefix"][len(key) :].rstrip("/") for p in page.get("CommonPrefixes", [])
-            )
-        return sorted(names)
-
-    def list_tree(self, folder: str) -> list[str]:
-        bucket, key = self._split(folder.rstrip("/") + "/")
-        paginator = self._client.get_paginator("list_objects_v2")
-        return sorted(
-            o["Key"][len(key) :]
-            for page in paginator.paginate(Bucket=bucket, Prefix=key)
-            for o in page.get("Contents", [])
-        )
-
-    def remove_tree(self, folder: str) -> bool:
-        names = self.list_tree(folder)
-        for name in names:
-            self.delete(f"{folder.rstrip('/')}/{name}")
-        return bool(names)
-
-    def spark_path(self, path: str) -> str:
-        return "s3a://" + path.split("://", 1)[1]
-
-
-def storage_for(root: str, s3_endpoint: str | None = None, region: str | None = None) -> Storage:
-    """The storage behind a ``storage.raw_path`` value."""
-    if root.startswith(("s3://", "s3a://")):
-        return _s3_storage(s3_endpoint, region)
-    if root.startswith("dbfs:/"):
-        return LocalStorage(spark_prefix="dbfs:")
-    return LocalStorage()
-
-
-@functools.lru_cache(maxsize=8)
-def _s3_storage(endpoint: str | None, region: str | None) -> S3Storage:
-    # One boto3 client per endpoint for the process (clients are thread-safe, and slow to make).
-    return S3Storage(endpoint, region)
-
-
-def local_root(root: str) -> str:
-    """``dbfs:/x`` -> ``/dbfs/x``; ``file:///x`` -> ``/x``; others unchanged."""
-    if root.startswith("dbfs:/"):
-        return "/dbfs/" + root.removeprefix("dbfs:/").lstrip("/")
-    if root.startswith("file:"):
-        return urlparse(root).path
-    return root
 
 
 @dataclass(frozen=True)
@@ -340,13 +167,12 @@ class Landing:
             f"{self.folder(plan.stream, plan.run_id)}/r{request_index:04d}.done", ""
         )
 
-    def mark_merged(
+    def note_merged(
         self, plan: Plan, cursors: dict[str, str], target: dict[str, Any] | None = None
     ) -> None:
-        """Record the pull as merged: its digests become the stream's last merged ones, and
-        ``cursors`` (committed to ``_sync_state`` already) and ``target`` (what the rows were
-        written with and into: the table's version after the merge) are noted beside them."""
-        folder = self.folder(plan.stream, plan.run_id)
+        """Note the pull as the stream's last merged one: its digests, ``cursors``
+        (committed to ``_sync_state`` already) and ``target`` (what the rows were written
+        with and into: the table's version after the merge). Then ``mark_merged``."""
         digests = self.digests(plan)
         last = {
             "run_id": plan.run_id,
@@ -356,8 +182,10 @@ class Landing:
         }
         self.storage.write_text(f"{self.root}/{plan.stream}/{LAST_MERGED_FILE}", json.dumps(last))
         self._last[plan.stream] = last
-        crash_point(f"last-merged:{plan.stream}")
-        self.storage.write_text(f"{folder}/{MERGED_MARKER}", "")
+
+    def mark_merged(self, plan: Plan) -> None:
+        """Record the pull as merged: no later run resumes it."""
+        self.storage.write_text(f"{self.folder(plan.stream, plan.run_id)}/{MERGED_MARKER}", "")
 
     def save_digests(self, plan: Plan, digests: list[str]) -> None:
         folder = self.folder(plan.stream, plan.run_id)
@@ -454,6 +282,33 @@ class Landing:
         except (ValueError, KeyError, TypeError):  # not JSON: damaged on storage
             pass
         return None
+
+    def spans_runs(self, plan: Plan) -> bool:
+        """True when a request of the pull was half landed by a run that died, so that its pages
+        were (or will be) fetched by more than one run, maybe a day apart: no one snapshot.
+        Profiles are paged by id, not by time, so the newest record of the later pages is no
+        bound for the earlier pages' profiles changed meanwhile: such a pull is merged without
+        moving the cursor (this run's own pull then starts from the committed one). Noted in
+        the pull's folder, for a run that dies again after landing the rest."""
+        folder = self.folder(plan.stream, plan.run_id)
+        if RESUMED_MARKER in self.storage.list_names(folder):
+            return True
+        done, pages = self.progress(plan)
+        if any(index not in done for index in pages):
+            self.storage.write_text(f"{folder}/{RESUMED_MARKER}", "")
+            return True
+        return False
+
+    def early_cursors(self, streams: list[str]) -> dict[str, dict[str, str]]:
+        """The cursors every stream's last merge recorded, if all have them and no pull of any
+        of them waits to be merged (that would need the client first); else nothing."""
+        early = {}
+        for stream in streams:
+            recorded = self.last_merged_cursors(stream)
+            if recorded is None or self.unmerged_plans(stream):
+                return {}
+            early[stream] = recorded
+        return early
 
     def paging_facts(self) -> dict[str, dict[str, int]]:
         """What earlier runs learned of the API's paging (see ``client.PagingFacts``)."""

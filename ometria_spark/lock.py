@@ -29,7 +29,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ometria_spark.landing import Storage
+from ometria_spark.storage import Storage
 
 log = logging.getLogger(__name__)
 

@@ -163,15 +163,27 @@ def page_records(pages: DataFrame, spec: TableSpec) -> DataFrame:
     that a bad record is quarantined alone, with its text, while the rest of its page
     loads.
     """
+    items = _page_items(_staged_pages(pages, spec), spec)
+    records = _record_rows(items, spec)
+    records = records.transform(with_shape_checks(spec)).transform(with_problems(spec))
+    return _with_page_problems(records)
+
+
+def _valid_utf8() -> Column:
+    # The landing writes UTF-8; a page that is not was damaged since, and Spark would read
+    # its bad bytes as U+FFFD, silently: such a page is unreadable, as one not JSON is.
+    return F.is_valid_utf8("_text")
+
+
+def _staged_pages(pages: DataFrame, spec: TableSpec) -> DataFrame:
+    """Pages with ``_fast`` (the page is used as parsed: valid UTF-8 and JSON, its records
+    all loadable) and ``_slow``: any other page parsed again with its records as text."""
 
     def loadable(record: Column) -> Column:
         return record.isNotNull() & keyable(spec, lambda field: record[field])
 
-    # The landing writes UTF-8; a page that is not was damaged since, and Spark would read
-    # its bad bytes as U+FFFD, silently: such a page is unreadable, as one not JSON is.
-    utf8 = F.is_valid_utf8("_text")
     fast = (
-        utf8
+        _valid_utf8()
         & F.col(f"page.{CORRUPT_PAGE}").isNull()
         & F.col("page.records").isNotNull()
         & F.forall("page.records", loadable)
@@ -179,10 +191,16 @@ def page_records(pages: DataFrame, spec: TableSpec) -> DataFrame:
     # The second parse only for the other pages (CASE WHEN evaluates only its branch),
     # behind a generator so that it runs once per page.
     slow = F.when(~F.col("_fast"), F.from_json("_text", PAGE_SCHEMA))
-    staged = pages.select(SOURCE_FILE, "_text", "page", fast.alias("_fast")).select(
+    return pages.select(SOURCE_FILE, "_text", "page", fast.alias("_fast")).select(
         SOURCE_FILE, "_text", "page", "_fast", F.inline(F.array(F.struct(slow.alias("_slow"))))
     )
-    slow_ok = F.col("_slow").isNotNull() & F.col("_slow.records").isNotNull() & utf8
+
+
+def _page_items(staged: DataFrame, spec: TableSpec) -> DataFrame:
+    """Staged pages (``_staged_pages``) -> one row per record to deliver (``_pos``, and
+    ``_item``: the record as parsed or as text), with its page's envelope, and one row per
+    unreadable page (``_page_ok`` false, its text in ``_page_text``)."""
+    slow_ok = F.col("_slow").isNotNull() & F.col("_slow.records").isNotNull() & _valid_utf8()
     page_ok = F.col("_fast") | slow_ok
 
     def envelope(field: str) -> Column:
@@ -199,7 +217,7 @@ def page_records(pages: DataFrame, spec: TableSpec) -> DataFrame:
         F.col("_slow.records").alias("txt"),
     )
     items = F.when(F.col("_fast"), fast_items).when(slow_ok, slow_items)
-    exploded = (
+    return (
         staged.select(
             SOURCE_FILE,
             page_ok.alias("_page_ok"),
@@ -220,6 +238,12 @@ def page_records(pages: DataFrame, spec: TableSpec) -> DataFrame:
         .where(F.col("_pos").isNotNull() | ~F.col("_page_ok"))
         .where(~F.coalesce(F.array_contains("_repeats", F.col("_pos")), F.lit(False)))
     )
+
+
+def _record_rows(items: DataFrame, spec: TableSpec) -> DataFrame:
+    """Page items (``_page_items``) -> the raw columns of each record (parsed here only if
+    it came as text), its ``_fetch_order`` and ``_raw`` text; a list change's ``id`` is the
+    list id of its request."""
     text = F.col("_item.txt")
     # Only the records of the other pages are parsed here (NULL text: no parse).
     parsed = F.when(
@@ -242,7 +266,7 @@ def page_records(pages: DataFrame, spec: TableSpec) -> DataFrame:
             F.col("_pos").cast(LongType()).alias("pos"),
         ),
     )
-    records = exploded.select(
+    records = items.select(
         SOURCE_FILE,
         SOURCE_COLUMN,
         SERVER_DATE_COLUMN,
@@ -257,7 +281,13 @@ def page_records(pages: DataFrame, spec: TableSpec) -> DataFrame:
     )
     if "id" in records.columns:
         records = records.withColumn("id", F.coalesce(F.col("_context_list_id"), F.col("id")))
-    records = records.transform(with_shape_checks(spec)).transform(with_problems(spec))
+    return records
+
+
+def _with_page_problems(records: DataFrame) -> DataFrame:
+    """Records with ``_problem`` (an unreadable page is one) -> ``_problem``, ``_raw``
+    (the page's or the record's text), ``_source_file`` and ``_source`` set only on rows
+    to quarantine; the page helper columns dropped."""
     problem = F.when(~F.col("_page_ok"), F.lit(BAD_PAGE)).otherwise(F.col(PROBLEM_COLUMN))
     raw = F.when(~F.col("_page_ok"), F.col("_page_text")).when(
         F.col(PROBLEM_COLUMN).isNotNull(), F.col(RAW_COLUMN)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -39,6 +40,15 @@ LOCAL_DEFAULTS: dict[str, str] = {
     "spark.sql.files.openCostInBytes": "65536",
     "spark.databricks.delta.snapshotPartitions": "2",
     "spark.sql.sources.parallelPartitionDiscovery.parallelism": "4",
+}
+
+
+# Session settings a run needs whatever the caller's session says (restored afterwards):
+# timestamps without an offset are UTC, cursors are rendered in UTC; a record with a part
+# of the wrong shape keeps its other fields (see readers.with_shape_checks).
+RUN_SETTINGS: dict[str, str] = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.json.enablePartialResults": "true",
 }
 
 
@@ -161,6 +171,31 @@ def require_delta(spark: SparkSession) -> None:
             f"--conf spark.sql.extensions={DELTA_EXTENSION} "
             f"--conf spark.sql.catalog.spark_catalog={DELTA_CATALOG} (see README: spark-submit)"
         )
+
+
+@contextmanager
+def run_settings(spark: SparkSession) -> Iterator[None]:
+    """The session as a run needs it (``RUN_SETTINGS``), put back as it was afterwards: a
+    notebook's session in Asia/Kolkata gives the same tables and cursors as one in UTC."""
+    previous: dict[str, str | None] = {}
+    value: str | None
+    for key, value in RUN_SETTINGS.items():
+        try:
+            previous[key] = spark.conf.get(key)
+            spark.conf.set(key, value)
+        except Exception as exc:  # a platform that does not allow this one (serverless)
+            log.debug("cannot set %s: %s", key, exc)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            try:
+                if value is None:
+                    spark.conf.unset(key)
+                else:
+                    spark.conf.set(key, value)
+            except Exception as exc:
+                log.debug("cannot restore %s: %s", key, exc)
 
 
 # --- through the JVM (a classic session only; see the README on Spark Connect) ---------------

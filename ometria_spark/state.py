@@ -12,7 +12,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import logging
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime
 
 from delta.tables import DeltaTable
@@ -27,7 +28,8 @@ from pyspark.sql.types import (
 )
 
 from ometria_spark.config import Config
-from ometria_spark.landing import storage_for
+from ometria_spark.phases import PhaseHook, no_hook
+from ometria_spark.storage import storage_for
 from ometria_spark.writer import (
     TableRef,
     create_if_absent,
@@ -61,6 +63,27 @@ QUARANTINE_SCHEMA = StructType(
     ]
 )
 
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MergeCounts:
+    """What loading one stream did (one or more pulls, or the export files): the counts a
+    ``RunRecord`` takes."""
+
+    pages: int = 0
+    records_read: int = 0
+    inserted: int = 0
+    updated: int = 0
+    quarantined: int = 0
+    bad_values: int = 0
+    collapsed: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def add(self, other: MergeCounts) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
 
 @dataclass
 class RunRecord:
@@ -85,6 +108,19 @@ class RunRecord:
     cursor_after: str | None = None
     error: str | None = None
     warnings: str | None = None
+
+    def take(self, counts: MergeCounts) -> None:
+        """Copy a stream's counts into its row (and log its warnings)."""
+        self.pages = counts.pages
+        self.records_read = counts.records_read
+        self.rows_inserted = counts.inserted
+        self.rows_updated = counts.updated
+        self.quarantined = counts.quarantined
+        self.bad_values = counts.bad_values
+        self.collapsed = counts.collapsed
+        self.warnings = "; ".join(counts.warnings) or None
+        for warning in counts.warnings:
+            log.warning("%s: %s", self.stream, warning)
 
 
 RUNS_SCHEMA = StructType(
@@ -126,23 +162,32 @@ def table_ref(config: Config, table: str, *, register: bool = True) -> TableRef:
 class StateStore:
     """Cursors, run records and quarantine for one configuration."""
 
-    def __init__(self, spark: SparkSession, config: Config, *, register_names: bool = True) -> None:
+    def __init__(
+        self,
+        spark: SparkSession,
+        config: Config,
+        *,
+        register_names: bool = True,
+        on_phase: PhaseHook = no_hook,
+    ) -> None:
         self.spark = spark
         self.config = config
         self.register_names = register_names
+        self.on_phase = on_phase
         self._refs: dict[str, TableRef] = {}
         self.state_ref = self.ref(STATE_TABLE)
         self.runs_ref = self.ref(RUNS_TABLE)
         self.quarantine_ref = self.ref(QUARANTINE_TABLE)
         self._ready: set[str] = set()
         self._cursors: dict[str, dict[str, str]] | None = None
-        # The data tables' versions, as this run read or wrote them (see sync._version).
+        # The data tables' versions, as this run read or wrote them (see load.version_in_run).
         self.versions: dict[str, dict[str, object] | None] = {}
 
     def ref(self, table: str) -> TableRef:
         """Where ``table`` lives, one ref per table for the life of this store (a run)."""
         if table not in self._refs:
-            self._refs[table] = table_ref(self.config, table, register=self.register_names)
+            ref = table_ref(self.config, table, register=self.register_names)
+            self._refs[table] = replace(ref, on_phase=self.on_phase)
         return self._refs[table]
 
     def _table(self, ref: TableRef, schema: StructType) -> DeltaTable:

@@ -171,15 +171,7 @@ def to_target(
         kept = [c for c in keep if c in df.columns]
         extra = [c for c in (UNREADABLE_COLUMN,) if c in df.columns and c not in kept]
         target = df.select(*selected, *inputs, order.alias(ORDER_COLUMN), *kept, *extra)
-        bad = [
-            F.when(
-                F.col(_raw_name(name)).isNotNull() & F.col(name).isNull(), F.array(F.lit(name))
-            ).otherwise(F.array().cast("array<string>"))
-            for name in parsed
-        ]
-        if UNREADABLE_COLUMN in df.columns:  # parts of a wrong shape, read as NULL
-            bad.append(F.coalesce(F.col(UNREADABLE_COLUMN), F.array().cast("array<string>")))
-        bad_values = F.concat(*bad) if bad else F.array().cast("array<string>")
+        bad_values = _bad_values(parsed, unreadable=UNREADABLE_COLUMN in df.columns)
         return target.select(
             *spec.column_names, bad_values.alias(BAD_VALUES_COLUMN), ORDER_COLUMN, *kept
         )
@@ -189,6 +181,22 @@ def to_target(
 
 def _raw_name(column: str) -> str:
     return f"_raw_{column}"
+
+
+def _bad_values(parsed: list[str], *, unreadable: bool) -> Column:
+    """``_bad_values``, read from the output of ``to_target``'s first select: the
+    ``parsed`` columns whose raw text (``_raw_<name>``) is set but whose value is NULL,
+    then, when ``unreadable``, the record parts of a wrong shape read as NULL
+    (``_unreadable``)."""
+    bad = [
+        F.when(
+            F.col(_raw_name(name)).isNotNull() & F.col(name).isNull(), F.array(F.lit(name))
+        ).otherwise(F.array().cast("array<string>"))
+        for name in parsed
+    ]
+    if unreadable:
+        bad.append(F.coalesce(F.col(UNREADABLE_COLUMN), F.array().cast("array<string>")))
+    return F.concat(*bad) if bad else F.array().cast("array<string>")
 
 
 def latest_per_key(key: str = KEY_COLUMN) -> Callable[[DataFrame], DataFrame]:

@@ -16,9 +16,9 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from ometria_spark.crash import crash_later
-from ometria_spark.landing import LocalStorage, Storage, local_root
+from ometria_spark.phases import PhaseHook, no_hook, phase_name
 from ometria_spark.spark import release
+from ometria_spark.storage import LocalStorage, Storage, local_root
 from ometria_spark.tables import KEY_COLUMN, SYNCED_AT, TableSpec
 from ometria_spark.transforms import finalize, latest_per_key, validate_columns
 
@@ -63,6 +63,8 @@ class TableRef:
     # the same ref skip the catalog and storage checks. A run makes its refs once
     # (``state.StateStore.ref``), so this lives as long as the run.
     seen: _Seen = field(default_factory=lambda: _Seen(), compare=False, repr=False)
+    # The run's phase hook (``ometria_spark.phases``): told when the table is created.
+    on_phase: PhaseHook = field(default=no_hook, compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -111,7 +113,7 @@ def create_if_absent(
     if existing is None:
         if ref.is_path:
             _clear_uncommitted(ref)
-        crash_later(f"creating:{ref.name}")
+        ref.on_phase(phase_name("creating:{table}", table=ref.name))
         builder = DeltaTable.createIfNotExists(spark).addColumns(schema)
         builder = builder.location(ref.location) if ref.is_path else builder.tableName(ref.location)
         if cluster_by:

@@ -39,7 +39,7 @@ def server(dataset: Dataset) -> Iterator[EmulatorServer]:
         yield srv
 
 
-def make_client(server: EmulatorServer, **kwargs: object) -> OmetriaClient:
+def make_client(server: EmulatorServer, *, key: str = KEY, **kwargs: object) -> OmetriaClient:
     options: dict[str, object] = {
         "page_size": PAGE,
         "backoff_base": 0.01,
@@ -47,7 +47,7 @@ def make_client(server: EmulatorServer, **kwargs: object) -> OmetriaClient:
         "throttle": Throttle(1000),
     }
     options.update(kwargs)
-    return OmetriaClient(server.url, KEY, **options)  # type: ignore[arg-type]
+    return OmetriaClient(server.url, key, **options)  # type: ignore[arg-type]
 
 
 def records(pages: Iterator[Page]) -> list[object]:

@@ -24,10 +24,10 @@ from ometria_spark.client import (
     OmetriaError,
     Page,
     PagingFacts,
-    Throttle,
 )
 from ometria_spark.emulator import Dataset, EmulatorServer
 from ometria_spark.emulator.server import LiveChanges
+from tests.test_client import make_client
 
 KEY = "test-key-live-5e1f0a"
 PAGE = 50
@@ -40,14 +40,7 @@ def server() -> Iterator[EmulatorServer]:
 
 
 def client(server: EmulatorServer, **kwargs: Any) -> OmetriaClient:
-    options: dict[str, Any] = {
-        "page_size": PAGE,
-        "backoff_base": 0.01,
-        "backoff_max": 0.05,
-        "throttle": Throttle(1000),
-    }
-    options.update(kwargs)
-    return OmetriaClient(server.url, KEY, **options)
+    return make_client(server, key=KEY, **{"page_size": PAGE, **kwargs})
 
 
 def delivered(pages: list[Page]) -> list[Any]:

@@ -24,8 +24,9 @@ from tests.test_sync import ACCOUNT, KEY, SOURCE
 
 ROOT = Path(__file__).resolve().parent.parent
 STREAMS = ["lists", "profiles", "member_lists"]
-# Short-lived JVMs: C1-only JIT starts faster, and these runs are too short for C2 to pay.
-FAST_JVM = "-XX:TieredStopAtLevel=1"
+# Short-lived JVMs: C1-only JIT starts faster, and these runs are too short for C2 to pay;
+# the serial collector starts no GC threads to compete with the other pytest worker.
+FAST_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
 
 @pytest.fixture()

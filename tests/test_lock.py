@@ -16,8 +16,9 @@ from pyspark.sql import SparkSession
 from ometria_spark.config import Config
 from ometria_spark.emulator.dataset import Dataset
 from ometria_spark.emulator.server import EmulatorServer
-from ometria_spark.landing import Landing, S3Storage, Storage, storage_for
+from ometria_spark.landing import Landing
 from ometria_spark.lock import RunLock, SyncLockedError
+from ometria_spark.storage import S3Storage, Storage, storage_for
 from ometria_spark.sync import run
 from tests.conftest import BUCKET
 from tests.test_sync import KEY, make_config

@@ -77,8 +77,9 @@ def test_notebook_executes_on_demo_warehouse(spark: SparkSession, tmp_path: Path
         {
             "OMETRIA_WAREHOUSE": str(warehouse),
             "OMETRIA_SPARK_MASTER": "local[2]",
-            # As in conftest: C1-only JIT, faster for many short Spark jobs.
-            "PYSPARK_SUBMIT_ARGS": "--driver-java-options -XX:TieredStopAtLevel=1 pyspark-shell",
+            # As test_job's short-lived JVMs: C1-only JIT, the serial collector.
+            "PYSPARK_SUBMIT_ARGS": '--driver-java-options "-XX:TieredStopAtLevel=1 '
+            '-XX:+UseSerialGC" pyspark-shell',
             "MPLBACKEND": "module://matplotlib_inline.backend_inline",
         },
     )

@@ -17,7 +17,8 @@ from ometria_spark.config import Config, config_from_dict
 from ometria_spark.emulator.dataset import Dataset
 from ometria_spark.emulator.server import EmulatorServer
 from ometria_spark.extract import land, make_plan
-from ometria_spark.landing import Landing, storage_for
+from ometria_spark.landing import Landing
+from ometria_spark.storage import storage_for
 from ometria_spark.sync import RunReport, run
 from ometria_spark.tables import SYNCED_AT, TABLES
 from tests import expected
@@ -79,8 +80,10 @@ def test_full_then_incremental_then_nothing_new(
     # The session is shared: an earlier test's run may hold the name (it is not re-pointed).
     spark.sql("DROP TABLE IF EXISTS ometria_e2e.profiles")
 
-    first = run(spark, config)
+    phases: list[str] = []
+    first = run(spark, config, on_phase=phases.append)
     assert first.ok, [r.error for r in first.streams]
+    assert_phases(phases)
     n_changes = sum(len(c) for c in ds.list_changes.values())
     assert counts(first) == {
         "lists": ("succeeded", 3, 0),
@@ -114,6 +117,18 @@ def test_full_then_incremental_then_nothing_new(
     assert {s: (i, u) for s, (_, i, u) in counts(third).items()} == {s: (0, 0) for s in API_STREAMS}
     assert_tables_match(spark, config, ds)
     assert {s: latest_version(spark, config, s) for s in API_STREAMS} == versions
+
+
+def assert_phases(phases: list[str]) -> None:
+    """A first sync reports each phase of ``ometria_spark.phases`` in order per stream, and
+    the creation of every table it writes (a data table is created by its first MERGE)."""
+    tables = {"_sync_state", "_sync_runs", *API_STREAMS}
+    assert {p.split(":", 1)[1] for p in phases if p.startswith("creating:")} == tables
+    for stream in API_STREAMS:
+        mine = [p.split(":")[0] for p in phases if p.endswith(f":{stream}")]
+        mine = [p for i, p in enumerate(mine) if p != "extracting" or mine[i - 1] != p]
+        want = ["extracting", "landed", "merging", "creating", "merged", "last-merged", "after"]
+        assert mine == want, (stream, mine)
 
 
 def latest_version(spark: SparkSession, config: Config, name: str) -> int:

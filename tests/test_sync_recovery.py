@@ -12,8 +12,9 @@ from pyspark.sql import SparkSession
 
 from ometria_spark.emulator.dataset import Dataset
 from ometria_spark.emulator.server import EmulatorServer
-from ometria_spark.landing import Landing, LocalStorage, Plan, Request
+from ometria_spark.landing import Landing, Plan, Request
 from ometria_spark.state import QUARANTINE_TABLE, RUNS_TABLE
+from ometria_spark.storage import LocalStorage
 from ometria_spark.sync import run
 from tests.test_sync import KEY, assert_tables_match, make_config
 

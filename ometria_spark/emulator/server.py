@@ -6,7 +6,8 @@ truncated answers, any other status, redirects) into the next matching requests.
 it can misbehave like a live source is an explicit option: ``live`` (the account changes
 while a pull pages through it: updates, deletions, new events), ``page_caps`` (fewer
 records per page than asked for), ``ignore_offset``, ``odd_list_elements`` (non-lists in
-``/lists``). Its ``Date`` header is the account's clock (``Dataset.now``).
+``/lists``). Its ``Date`` header is the account's clock (``Dataset.now``). What each path
+answers is in ``endpoints``; this module holds the HTTP side and the ways it misbehaves.
 """
 
 from __future__ import annotations
@@ -16,18 +17,16 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ometria_spark.emulator.dataset import Dataset
+from ometria_spark.emulator.endpoints import PREFIX, BadRequest, V2Endpoints
 
-PREFIX = "/v2"
 AUTH_HEADER = "X-Ometria-Auth"
-PROFILE_DEFAULT_LIMIT = 10
-PROFILE_MAX_LIMIT = 250
 FAULTS = frozenset({"500", "503", "429", "429-retry-after", "drop", "slow", "truncated"})
 
 
@@ -60,36 +59,6 @@ class RequestRecord:
     time: float
 
 
-class _BadRequest(Exception):
-    pass
-
-
-def _parse_instant(value: str, name: str) -> datetime:
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise _BadRequest(f"{name} is not a timestamp: {value!r}") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
-
-
-def _status(record: Any) -> Any:
-    return record.get("status") if isinstance(record, dict) else None
-
-
-def _int_param(params: dict[str, str], name: str, default: int | None) -> int | None:
-    if name not in params:
-        return default
-    try:
-        value = int(params[name])
-    except ValueError:
-        raise _BadRequest(f"{name} must be an integer") from None
-    if value < 0:
-        raise _BadRequest(f"{name} must not be negative")
-    return value
-
-
 class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True
     emulator: EmulatorServer
@@ -115,7 +84,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.emulator._handle(self)
 
 
-class EmulatorServer:
+class EmulatorServer(V2Endpoints):
     """Ometria's v2 API over a ``Dataset``, in a daemon thread on 127.0.0.1.
 
     ``url`` is the base URL to give a client (``http://127.0.0.1:PORT/v2``). Use ``inject``
@@ -132,16 +101,11 @@ class EmulatorServer:
         retry_after: bool = False,
         port: int = 0,
     ) -> None:
-        self.dataset = dataset
+        super().__init__(dataset)
         self.api_key = api_key
         self.requests_per_second = requests_per_second
         self.retry_after = retry_after
-        self.ignore_offset = False
-        # Most records a page holds, whatever the limit: {"profiles"|"changes"|"unsubscribes": n}
-        self.page_caps: dict[str, int] = {}
         self.live: LiveChanges | None = None
-        # Elements /lists answers after the lists, as a careless API might: "x", None, {}...
-        self.odd_list_elements: list[Any] = []
         self.slow_seconds = 3.0
         # Arrival times carry a few ms of scheduling jitter, so a client spacing requests at
         # exactly 1/rps would trip a zero-tolerance window now and then; like a real limiter,
@@ -154,7 +118,6 @@ class EmulatorServer:
         self._served: deque[float] = deque()
         self._httpd: _HttpServer | None = None
         self._thread: threading.Thread | None = None
-        self._profile_cache: tuple[int, str, list[dict[str, Any]]] | None = None
 
     def __repr__(self) -> str:
         return f"EmulatorServer(url={self.url if self._httpd else None!r})"
@@ -313,7 +276,7 @@ class EmulatorServer:
             )  # fmt: skip
         try:
             status, body = self._route(path, params)
-        except _BadRequest as exc:
+        except BadRequest as exc:
             status, body = 400, {"error": str(exc)}
         self._send(handler, "GET", path, params, status, body, truncate=fault == "truncated")
 
@@ -346,90 +309,3 @@ class EmulatorServer:
         except OSError:
             # The client gave up (timeout) before the answer: nothing to tell it.
             handler.close_connection = True
-
-    def _route(self, path: str, params: dict[str, str]) -> tuple[int, Any]:
-        if not path.startswith(PREFIX + "/"):
-            return 404, {"error": "not found"}
-        parts = path[len(PREFIX) + 1 :].strip("/").split("/")
-        with self.dataset.lock:
-            if parts == ["profiles"]:
-                return 200, self._profiles(params)
-            if parts == ["lists"]:
-                return 200, self._lists(params)
-            if len(parts) == 3 and parts[0] == "lists" and parts[2] == "changes":
-                changes = self.dataset.list_changes.get(parts[1])
-                if changes is None:
-                    return 404, {"error": f"list {parts[1]} not found"}
-                return 200, self._list_changes(changes, params)
-            if parts == ["unsubscribes"]:
-                return 200, self._unsubscribes(params)
-        return 404, {"error": "not found"}
-
-    def _page(
-        self,
-        records: list[dict[str, Any]],
-        params: dict[str, str],
-        default_limit: int | None,
-        kind: str,
-    ) -> list[dict[str, Any]]:
-        limit = _int_param(params, "limit", default_limit)
-        offset = _int_param(params, "offset", 0) or 0
-        if self.ignore_offset:
-            offset = 0
-        cap = self.page_caps.get(kind)
-        if cap is not None:
-            limit = cap if limit is None else min(limit, cap)
-        if limit is None:
-            return records[offset:]
-        return records[offset : offset + limit]
-
-    def _profiles(self, params: dict[str, str]) -> list[dict[str, Any]]:
-        limit = _int_param(params, "limit", PROFILE_DEFAULT_LIMIT)
-        if limit is not None and limit > PROFILE_MAX_LIMIT:
-            raise _BadRequest(f"limit must be at most {PROFILE_MAX_LIMIT}")
-        records = self.dataset.profiles
-        if "updateSince" in params:
-            since = _parse_instant(params["updateSince"], "updateSince").isoformat()
-            # All update_since values share one format, so string order is time order.
-            cached = self._profile_cache
-            if cached and cached[0] == self.dataset.version and cached[1] == since:
-                records = cached[2]
-            else:
-                # A profile without update_since is returned by every updateSince query
-                # (the connector then stamps it with the query's bound).
-                records = [p for p in records if (p.get("update_since") or "\uffff") >= since]
-                self._profile_cache = (self.dataset.version, since, records)
-        return self._page(records, params, PROFILE_DEFAULT_LIMIT, "profiles")
-
-    def _lists(self, params: dict[str, str]) -> list[dict[str, Any]]:
-        mode = params.get("mode", "active")
-        if mode == "all":
-            lists = list(self.dataset.lists)
-        elif mode == "active":
-            lists = [x for x in self.dataset.lists if _status(x) != "ARCHIVED"]
-        elif mode == "archived":
-            lists = [x for x in self.dataset.lists if _status(x) == "ARCHIVED"]
-        else:
-            raise _BadRequest("mode must be active, archived or all")
-        return lists + list(self.odd_list_elements)
-
-    def _list_changes(
-        self, changes: list[dict[str, Any]], params: dict[str, str]
-    ) -> list[dict[str, Any]]:
-        if "since" not in params:
-            raise _BadRequest("since is required")
-        since = _parse_instant(params["since"], "since").isoformat()
-        return self._page([c for c in changes if c["timestamp"] >= since], params, None, "changes")
-
-    def _unsubscribes(self, params: dict[str, str]) -> list[dict[str, Any]]:
-        if "since" not in params:
-            raise _BadRequest("since is required")
-        fmt = "%Y-%m-%d %H:%M:%S+00"
-        since = _parse_instant(params["since"], "since").strftime(fmt)
-        before = (
-            _parse_instant(params["before"], "before").strftime(fmt)
-            if "before" in params
-            else "9999"
-        )
-        selected = [u for u in self.dataset.unsubscribes if since <= u["timestamp"] < before]
-        return self._page(selected, params, None, "unsubscribes")

@@ -9,8 +9,8 @@ with one randomly chosen (seeded, printed) disturbance:
 
 - ``kill``: SIGKILL to the whole process group (the JVM too) after a random delay, uniform
   over a typical run's duration;
-- ``crash``: a named crash point (``OMETRIA_SPARK_CRASH_AT``), picked among those found in
-  ``ometria_spark/`` when the campaign starts;
+- ``crash``: a kill at a named phase (``OMETRIA_SPARK_CRASH_AT``), picked among those
+  ``ometria_spark.phases`` declares;
 - ``fault``: a burst of API faults (429 storms longer than the retries, 5xx bursts, dropped
   connections, slow answers past the timeout, truncated bodies) on one endpoint or any;
 - ``live``: the account changes while the run pulls it (``LiveChanges``: each request moves
@@ -46,7 +46,6 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +58,7 @@ from ometria_spark.config import Config, load_config
 from ometria_spark.emulator.dataset import Dataset
 from ometria_spark.emulator.exports import export_files, write_local
 from ometria_spark.emulator.server import EmulatorServer, LiveChanges
+from ometria_spark.phases import PHASES
 from ometria_spark.spark import get_spark
 from ometria_spark.tables import KEY_COLUMN, SYNCED_AT, TABLES
 from tests import expected
@@ -67,7 +67,7 @@ from tests.test_sync import ACCOUNT, SOURCE
 
 # The same date/commit/machine stamp as the benchmarks' results (bench/ is not a package).
 sys.path.insert(0, str(ROOT / "bench"))
-from record import commit, machine
+from record import append
 
 STREAMS = ("lists", "profiles", "member_lists", "unsubscribes", "email_events")
 API_STREAMS = STREAMS[:4]
@@ -82,7 +82,6 @@ RESULTS = Path(__file__).resolve().parent / "chaos-results.md"
 # consecutive runs mix them.
 BLOCK = ("kill", "kill", "crash", "crash", "fault", "fault", "live", "live", "none")
 FAULT_KINDS = ("429-storm", "429-burst", "5xx-burst", "drop", "slow", "truncated")
-_CRASH_CALL = re.compile(r'crash_(point|later)\(\s*(f?)"([^"]+)"')
 _PLACEHOLDER = re.compile(r"\{[^}]*\}")
 
 
@@ -91,40 +90,36 @@ _PLACEHOLDER = re.compile(r"\{[^}]*\}")
 
 @dataclass(frozen=True)
 class CrashTemplate:
-    """A crash point's name as written in the code (``merged:{plan.stream}``) and the
-    streams it can name."""
+    """A phase's name as declared (``merged:{stream}``) and the streams it can name."""
 
     template: str
     streams: tuple[str, ...]
-    later: bool  # crash_later: the kill comes OMETRIA_SPARK_CRASH_DELAY s after the point
+    later: bool  # a *during* phase: the kill comes OMETRIA_SPARK_CRASH_DELAY s after it
 
     def name(self, stream: str) -> str:
         return _PLACEHOLDER.sub(stream, self.template)
 
 
-def crash_templates(package: Path = ROOT / "ometria_spark") -> list[CrashTemplate]:
-    """Every crash point named in the package, as found in its source."""
-    found: dict[str, CrashTemplate] = {}
-    for path in sorted(package.rglob("*.py")):
-        for function, is_f, text in _CRASH_CALL.findall(path.read_text(encoding="utf-8")):
-            holes = _PLACEHOLDER.findall(text) if is_f else []
-            if any("stream" not in hole for hole in holes):
-                continue  # a placeholder we cannot fill (not a stream name)
-            if not holes:
-                streams: tuple[str, ...] = ("",)
-            elif text.startswith("after:"):
-                streams = STREAMS
-            elif path.name == "exports.py":
-                streams = ("email_events",)
-            else:
-                streams = API_STREAMS
-            found.setdefault(text, CrashTemplate(text, streams, function == "later"))
-    return list(found.values())
+def crash_templates() -> list[CrashTemplate]:
+    """Every phase the package declares (``ometria_spark.phases``) that names a stream or
+    none (``creating:{table}`` names a table and is left to the crash chain). A kill at
+    ``extracting:`` waits for the second page landed (``#2``), so that a pull is half
+    landed."""
+    scopes = {"api": API_STREAMS, "any": STREAMS, "": ("",)}
+    found = []
+    for declared in PHASES:
+        if declared.scope not in scopes:
+            continue
+        template = declared.template
+        if template.startswith("extracting:"):
+            template += "#2"
+        found.append(CrashTemplate(template, scopes[declared.scope], declared.during))
+    return found
 
 
 def phase(crash_at: str) -> str:
     """A crash point's name without its stream: ``merged:profiles`` -> ``merged:``."""
-    head, sep, tail = crash_at.rpartition(":")
+    head, sep, tail = crash_at.partition("#")[0].rpartition(":")
     return head + sep if sep and tail in STREAMS else crash_at
 
 
@@ -582,18 +577,14 @@ class Campaign:
                 self.figures.anomalies.append(f"the API key is in {path}")
 
 
+CHAOS_INTRO = (
+    "# Chaos campaign results\n\nAppended by `make chaos` (`tests/reliability/chaos.py`); "
+    "newest last.\n\n"
+)
+
+
 def record(results: Path, command: str, lines: list[str]) -> None:
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    block = ["## Chaos campaign", "", f"{stamp} · commit {commit()} · {machine()}", "",
-             f"`{command}`", "", "```", *lines, "```", ""]  # fmt: skip
-    if not results.exists():
-        results.write_text(
-            "# Chaos campaign results\n\nAppended by `make chaos` "
-            "(`tests/reliability/chaos.py`); newest last.\n\n",
-            encoding="utf-8",
-        )
-    with results.open("a", encoding="utf-8") as handle:
-        handle.write("\n".join(block) + "\n")
+    append("Chaos campaign", lines, results, intro=CHAOS_INTRO, command=command)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

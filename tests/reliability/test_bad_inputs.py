@@ -29,9 +29,10 @@ from ometria_spark.emulator.dataset import Dataset
 from ometria_spark.emulator.server import EmulatorServer
 from ometria_spark.exports import EmailEventsResult
 from ometria_spark.extract import envelope, land, record_digest
-from ometria_spark.landing import Landing, LocalStorage, Plan, Request
+from ometria_spark.landing import Landing, Plan, Request
 from ometria_spark.readers import BAD_PAGE
 from ometria_spark.state import QUARANTINE_TABLE
+from ometria_spark.storage import LocalStorage
 from ometria_spark.sync import run
 from ometria_spark.tables import (
     ACCOUNT_ID,

@@ -30,8 +30,9 @@ from ometria_spark import writer
 from ometria_spark.config import load_config
 from ometria_spark.emulator.dataset import Dataset
 from ometria_spark.emulator.server import EmulatorServer
-from ometria_spark.landing import Landing, storage_for
+from ometria_spark.landing import Landing
 from ometria_spark.lock import RunLock
+from ometria_spark.storage import storage_for
 from ometria_spark.sync import run
 from ometria_spark.tables import KEY_COLUMN, LISTS
 from ometria_spark.writer import TableRef, ensure_table, merge_into

@@ -3,9 +3,11 @@ equals what an uninterrupted sync of the same data writes.
 
 Each killed run is `jobs/ometria_sync.py` in its own process (``OMETRIA_SPARK_CRASH_AT``),
 so the kill loses the JVM, caches and half-done work as a real crash would. The kills are
-chained (each run starts from the wreck the last one left), a day of changes is added, and
-the chain goes on. A crash point that never fires fails the test (the run would exit 0,
-not -9), and after each kill the landing zone or the Delta log shows where it landed.
+chained (each run starts from the wreck the last one left). Two chains, which pytest-xdist
+runs side by side: the first sync into no tables, then (from a clean first sync in this
+process: only its end state matters) a day of changes and the incremental sync. A crash
+point that never fires fails the test (the run would exit 0, not -9), and after each kill
+the landing zone or the Delta log shows where it landed.
 
 Phases: ``creating:T`` (killed by a timer while the table is created), ``extracting:S``
 (2nd page landed, request unfinished), ``landed:S`` (pull landed,
@@ -30,15 +32,18 @@ from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
+from ometria_spark.cli import CRASH_AT_ENV, CRASH_DELAY_ENV, crash_hook_from_env
 from ometria_spark.config import Config, load_config
-from ometria_spark.crash import crash_later, crash_point
 from ometria_spark.emulator.dataset import Dataset
 from ometria_spark.emulator.exports import EXPORT_COLUMNS, csv_bytes, export_files, write_local
 from ometria_spark.emulator.server import EmulatorServer
 from ometria_spark.exports import RAW_FIELDS
+from ometria_spark.phases import PHASES, no_hook, phase_of
 from ometria_spark.state import LOADED_FILES_TABLE, QUARANTINE_TABLE, RUNS_TABLE, STATE_TABLE
+from ometria_spark.sync import run
 from ometria_spark.tables import EMAIL_EVENTS, SYNCED_AT
 from tests import expected
+from tests.reliability.chaos import crash_templates
 from tests.test_job import sync, write_config
 from tests.test_sync import ACCOUNT, KEY, SOURCE, assert_tables_match
 
@@ -186,49 +191,67 @@ def assert_everything_loaded_once(
     )
 
 
-# --- the test -------------------------------------------------------------------------------
+# --- the chains ------------------------------------------------------------------------------
 
 
-def test_a_kill_at_every_phase_loses_and_duplicates_nothing(
-    spark: SparkSession, tmp_path: Path, emulator: EmulatorServer
-) -> None:
-    config_path = write_sync_config(tmp_path, emulator)
-    config = load_config(config_path)
-    ds = emulator.dataset
-    raw, tables, exports = tmp_path / "raw", tmp_path / "t", tmp_path / "exports"
-    outputs: list[str] = []
-    runs = 0
+class Chain:
+    """Runs of the job in its own process, each started from what the last one left."""
 
-    def kill_at(crash_at: str, tz: str = "UTC") -> None:
-        nonlocal runs
-        result = sync(config_path, crash_at=crash_at, tz=tz)
-        runs += 1
-        outputs.append(result.stdout + result.stderr)
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self.outputs: list[str] = []
+
+    def kill_at(self, crash_at: str, tz: str = "UTC") -> None:
+        result = sync(self.config_path, crash_at=crash_at, tz=tz)
+        self.outputs.append(result.stdout + result.stderr)
         assert result.returncode == -9, (crash_at, result.returncode, result.stderr[-3000:])
 
-    def clean_run(tz: str) -> None:
-        nonlocal runs
-        result = sync(config_path, tz=tz)
-        runs += 1
-        outputs.append(result.stdout + result.stderr)
+    def clean_run(self, tz: str) -> None:
+        result = sync(self.config_path, tz=tz)
+        self.outputs.append(result.stdout + result.stderr)
         assert result.returncode == 0, result.stderr[-3000:]
         for stream in STREAMS:
             assert any(
                 line.split()[:2] == [stream, "succeeded"] for line in result.stdout.splitlines()
             ), result.stdout
 
+    def assert_no_key_anywhere(self, root: Path, runs: int) -> None:
+        """Every run happened; the API key is in no output, landed page, table or lock file."""
+        assert len(self.outputs) == runs
+        assert not [text for text in self.outputs if KEY in text]
+        leaks = [p for p in root.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
+        assert leaks == []
+
+
+def first_exports(exports: Path, ds: Dataset) -> tuple[list[dict[str, Any]], list[Path], Path]:
+    """The first day's export files and the resent file with the odd records: (the
+    events that load, every file, the resent file)."""
     first_events = list(ds.email_events)
     export_paths = write_local(exports, export_files(first_events, files=2))
     bad_file = exports / "resent" / "email_events_extra.csv"
     bad_file.parent.mkdir()
     bad_file.write_bytes(csv_bytes(EXPORT_COLUMNS, [EXTRA_EVENT, NO_TIME, NO_ADDRESS, NO_KEY]))
     export_paths.append(bad_file)
+    return [*first_events, EXTRA_EVENT, NO_TIME, NO_ADDRESS], export_paths, bad_file
 
-    # --- chain 1: the first sync, into no tables -------------------------------------------
+
+@pytest.mark.slow
+def test_the_first_sync_killed_at_every_phase_loses_and_duplicates_nothing(
+    spark: SparkSession, tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    """Chain 1: the first sync, into no tables, killed at each phase, then a clean run."""
+    config_path = write_sync_config(tmp_path, emulator)
+    config = load_config(config_path)
+    ds = emulator.dataset
+    raw, tables = tmp_path / "raw", tmp_path / "t"
+    events, export_paths, bad_file = first_exports(tmp_path / "exports", ds)
+    chain = Chain(config_path)
+    kill_at = chain.kill_at
+
     # Killed while creating its first table (a second into it): whatever it left, the
     # next runs must work (a table folder without a commit is taken as no table).
     kill_at("creating:_sync_state")
-    kill_at("extracting:profiles")
+    kill_at("extracting:profiles#2")  # the 2nd page landed
     (p1,) = pulls(raw, "profiles")
     assert pages(p1) == ["r0000-p000000-o000000000.json", "r0000-p000001-o000000099.json"]
     assert requests_done(p1) == (0, 1) and not merged(p1)
@@ -260,14 +283,31 @@ def test_a_kill_at_every_phase_loses_and_duplicates_nothing(
     assert commits(tables, "email_events") >= 2
     assert commits(tables, LOADED_FILES_TABLE) == 0
 
-    clean_run(tz=LA)
-    events = [*first_events, EXTRA_EVENT, NO_TIME, NO_ADDRESS]
+    chain.clean_run(tz=LA)
     assert_everything_loaded_once(
         spark, config, ds, events=events, export_paths=export_paths, bad_file=bad_file,
         clean_runs=1,
     )  # fmt: skip
+    chain.assert_no_key_anywhere(tmp_path, runs=10)
 
-    # --- chain 2: a day later, incremental ---------------------------------------------------
+
+@pytest.mark.slow
+def test_an_incremental_sync_killed_at_every_phase_loses_and_duplicates_nothing(
+    spark: SparkSession, tmp_path: Path, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chain 2: after a clean first sync (in this process: only its end state matters
+    here), a day of changes, and the incremental sync killed at each phase."""
+    config_path = write_sync_config(tmp_path, emulator)
+    config = load_config(config_path)
+    ds = emulator.dataset
+    raw, tables, exports = tmp_path / "raw", tmp_path / "t", tmp_path / "exports"
+    events, export_paths, bad_file = first_exports(exports, ds)
+    first_events = list(ds.email_events)
+    monkeypatch.setenv("OMETRIA_TEST_KEY", KEY)
+    assert run(spark, config, register_names=False).ok
+    chain = Chain(config_path)
+    kill_at = chain.kill_at
+
     ds.advance_day()
     new_events = ds.email_events[len(first_events) :]
     known = {json.dumps(e, sort_keys=True) for e in first_events}
@@ -277,7 +317,7 @@ def test_a_kill_at_every_phase_loses_and_duplicates_nothing(
     new_events.append(resent)
     export_paths += write_local(exports / "day2", export_files(new_events, files=2))
 
-    kill_at("extracting:member_lists")  # in the pull started early, from the noted cursors
+    kill_at("extracting:member_lists#2")  # in the pull started early, from the noted cursors
     *_, m1 = pulls(raw, "member_lists")
     done, planned = requests_done(m1)
     assert len(pages(m1)) == 2 and done < planned and not merged(m1)
@@ -309,27 +349,36 @@ def test_a_kill_at_every_phase_loses_and_duplicates_nothing(
     kill_at("after:email_events", tz=LA)
     assert commits(tables, LOADED_FILES_TABLE) == before + 1
 
-    clean_run(tz="UTC")
+    chain.clean_run(tz="UTC")
     assert_everything_loaded_once(
         spark, config, ds, events=[*events, *new_events], export_paths=export_paths,
         bad_file=bad_file, clean_runs=2,
     )  # fmt: skip
-    assert runs == 19
-
-    # The API key is in no output, landed page, table or lock file.
-    assert not [text for text in outputs if KEY in text]
-    leaks = [p for p in tmp_path.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
-    assert leaks == []
+    chain.assert_no_key_anywhere(tmp_path, runs=9)
 
 
-def test_the_crash_hooks_do_nothing_unless_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without the variable (or naming another phase) a hook returns and arms no timer."""
-    monkeypatch.delenv("OMETRIA_SPARK_CRASH_AT", raising=False)
+def test_the_crash_hook_is_none_unless_named_and_refuses_an_unknown_phase() -> None:
+    """No variable: no hook. A hook for one phase passes every other one by (no kill, no
+    timer armed). A name that is no declared phase is refused before the run starts."""
+    assert crash_hook_from_env({}) is no_hook
     threads = threading.active_count()
-    crash_point("merged:profiles")
-    crash_later("merging:profiles")
-    monkeypatch.setenv("OMETRIA_SPARK_CRASH_AT", "merging:lists")
-    crash_point("merging:lists", when=False)
-    crash_point("merged:lists")
-    crash_later("merging:profiles")
+    hook = crash_hook_from_env({CRASH_AT_ENV: "merging:lists", CRASH_DELAY_ENV: "0"})
+    for name in ("merging:profiles", "merged:lists", "creating:lists", "exports:merging"):
+        hook(name)
+    hook = crash_hook_from_env({CRASH_AT_ENV: "extracting:profiles#3"})
+    hook("extracting:profiles")
+    hook("extracting:profiles")  # the 2nd: not yet
     assert threading.active_count() == threads
+    for bad in ("merged-profiles", "extracted:profiles", "extracting:profiles#two"):
+        with pytest.raises(ValueError, match="names no phase"):
+            crash_hook_from_env({CRASH_AT_ENV: bad})
+
+
+def test_every_phase_the_chains_kill_at_is_declared() -> None:
+    """The chains and the chaos campaign name phases as ``ometria_spark.phases`` declares
+    them: a renamed phase fails here, not as a kill that never fires."""
+    named = ["creating:_sync_state", "after:email_events", "exports:merged", "last-merged:profiles"]
+    assert all(phase_of(name) is not None for name in named)
+    assert {t.template.partition("#")[0] for t in crash_templates()} == {
+        p.template for p in PHASES if p.scope != "table"
+    }

@@ -21,7 +21,8 @@ from ometria_spark.client import OmetriaClient
 from ometria_spark.emulator.dataset import Dataset
 from ometria_spark.emulator.server import EmulatorServer
 from ometria_spark.extract import land, make_plan
-from ometria_spark.landing import Landing, storage_for
+from ometria_spark.landing import Landing
+from ometria_spark.storage import storage_for
 from ometria_spark.sync import run
 from tests.test_sync import KEY, assert_tables_match, make_config
 
