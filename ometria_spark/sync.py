@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,7 +20,7 @@ from pyspark.sql import SparkSession
 from ometria_spark.client import OmetriaClient, PagingFacts, Throttle, api_key_from_env
 from ometria_spark.config import Config
 from ometria_spark.errors import one_line
-from ometria_spark.extract import land, make_plan
+from ometria_spark.extract import ProgressCallback, land, make_plan
 from ometria_spark.landing import Landing, Plan
 from ometria_spark.load import merge_pull, version_in_run
 from ometria_spark.lock import RunLock, SyncLockedError
@@ -67,7 +66,7 @@ def run(
     streams: tuple[str, ...] | None = None,
     full_refresh: bool = False,
     now: datetime | None = None,
-    on_page: Callable[[str, int, int], None] | None = None,
+    on_page: ProgressCallback | None = None,
     register_names: bool = True,
     on_phase: PhaseHook = no_hook,
 ) -> RunReport:
@@ -125,7 +124,7 @@ class _Run:
         *,
         full_refresh: bool,
         started: datetime,
-        on_page: Callable[[str, int, int], None] | None,
+        on_page: ProgressCallback | None,
         on_phase: PhaseHook,
     ) -> None:
         self.spark, self.config, self.state, self.landing = spark, config, state, landing
@@ -317,7 +316,7 @@ def _extract(
     run_id: str,
     cursors: dict[str, str],
     now: datetime,
-    on_page: Callable[[str, int, int], None] | None,
+    on_page: ProgressCallback | None,
     on_phase: PhaseHook,
 ) -> Plan:
     """Plan and land one stream's pull (the extraction thread: no Spark here)."""
