@@ -4,9 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup jars test lint unit demo bench chaos clean
+.PHONY: setup jars archive test lint unit demo bench chaos clean
 
-setup: $(STAMP) jars
+setup: $(STAMP) jars archive
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ $(STAMP): pyproject.toml
 # once with `mvn dependency:get`; the Spark session then lists them in spark.jars.
 jars: $(STAMP)
 	$(PY) -m ometria_spark.jars fetch
+
+# A class-data-sharing archive of the classes a sync loads (ometria_spark/jvm_archive.py):
+# built once per machine by one small demo sync; local JVMs start faster with it.
+archive: jars
+	$(PY) -m ometria_spark.jvm_archive build
 
 lint: setup
 	$(PY) -m ruff check .

@@ -20,7 +20,7 @@ from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 
-from ometria_spark import jars
+from ometria_spark import jars, jvm_archive
 from ometria_spark.config import Config, s3_buckets
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,10 @@ def _local_session(
     conf = {**LOCAL_DEFAULTS, **{f"spark.hadoop.{k}": v for k, v in hadoop_conf.items()}}
     conf["spark.jars"] = ",".join(str(p) for p in jars.jar_paths(s3a=s3a))
     conf.update(extra_conf)
+    # The class archive (``ometria_spark.jvm_archive``), before the caller's own options.
+    java_options = [*jvm_archive.java_options(), conf.get("spark.driver.extraJavaOptions", "")]
+    if any(java_options):
+        conf["spark.driver.extraJavaOptions"] = " ".join(o for o in java_options if o)
     for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

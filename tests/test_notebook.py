@@ -19,6 +19,7 @@ from nbconvert.preprocessors import ExecutePreprocessor
 from pyspark.sql import SparkSession
 
 from ometria_spark import demo
+from tests.test_job import FAST_JVM
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "explore_ometria.ipynb"
 KERNEL = "ometria-spark-test"
@@ -77,9 +78,9 @@ def test_notebook_executes_on_demo_warehouse(spark: SparkSession, tmp_path: Path
         {
             "OMETRIA_WAREHOUSE": str(warehouse),
             "OMETRIA_SPARK_MASTER": "local[2]",
-            # As test_job's short-lived JVMs: C1-only JIT, the serial collector.
-            "PYSPARK_SUBMIT_ARGS": '--driver-java-options "-XX:TieredStopAtLevel=1 '
-            '-XX:+UseSerialGC" pyspark-shell',
+            # As test_job's short-lived JVMs: C1-only JIT, the serial collector (not
+            # --driver-java-options, which would replace the session's class archive option).
+            "JAVA_TOOL_OPTIONS": FAST_JVM,
             "MPLBACKEND": "module://matplotlib_inline.backend_inline",
         },
     )
