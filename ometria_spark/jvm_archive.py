@@ -102,7 +102,7 @@ def build(profiles: int = TRAINING_PROFILES) -> int:
         print("class archive: one small demo sync to record the JVM's classes", file=sys.stderr)
         # In a session of its own: the JVM outlives the demo's Python by the seconds it
         # takes to write the archive, and is waited for as a member of that group.
-        demo = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+        demo = subprocess.Popen(command, env=env, cwd=work, stdout=subprocess.DEVNULL,
                                 start_new_session=True)  # fmt: skip
         code = demo.wait()
         _wait_for_group(demo.pid)

@@ -22,7 +22,7 @@ from ometria_spark.readers import read_records
 from ometria_spark.spark import release
 from ometria_spark.state import MergeCounts, StateStore
 from ometria_spark.streams import api_stream
-from ometria_spark.tables import TABLES
+from ometria_spark.tables import KEY_COLUMN, TABLES
 from ometria_spark.transforms import (
     BAD_VALUES_COLUMN,
     ORDER_COLUMN,
@@ -35,7 +35,13 @@ from ometria_spark.transforms import (
     split_loadable,
     to_target,
 )
-from ometria_spark.writer import TableRef, ensure_table, merge_into, table_version
+from ometria_spark.writer import (
+    SourceCounts,
+    TableRef,
+    ensure_table,
+    merge_into,
+    table_version,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +127,12 @@ def _merge_pages(
                        synced_at=datetime.now(UTC), keep=keep)  # fmt: skip
     rows = read_records(spark, paths, spec).transform(target).localCheckpoint(eager=False)
     try:
+        good_key = F.when(F.col(PROBLEM_COLUMN).isNull(), F.col(KEY_COLUMN))
         totals = rows.agg(
             F.count(F.lit(1)).alias("rows"),
             F.count(ORDER_COLUMN).alias("read"),  # NULL for an unreadable page's row
             F.count(PROBLEM_COLUMN).alias("bad"),
+            F.count_distinct(good_key).alias("keys"),  # (merge_into: does a key repeat?)
         ).first()
         assert totals is not None
         counts.records_read = int(totals["read"])
@@ -137,7 +145,8 @@ def _merge_pages(
             ensure_table(spark, spec, ref)
             return {}
         on_phase(phase_name("merging:{stream}", stream=plan.stream))
-        metrics = merge_into(spark, good, spec, ref)
+        loadable = SourceCounts(int(totals["rows"]) - int(totals["bad"]), int(totals["keys"]))
+        metrics = merge_into(spark, good, spec, ref, counts=loadable)
         counts.inserted, counts.updated = metrics.inserted, metrics.updated
         counts.collapsed = metrics.collapsed
         summary = observed(plan.stream, rows)

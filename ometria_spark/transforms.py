@@ -256,3 +256,20 @@ def split_loadable(df: DataFrame) -> tuple[DataFrame, DataFrame]:
     """(records that can load, records to quarantine) after ``with_problems``."""
     problem = F.col(PROBLEM_COLUMN)
     return df.where(problem.isNull()).drop(PROBLEM_COLUMN), df.where(problem.isNotNull())
+
+
+def has_repeated_keys(source: DataFrame) -> bool:
+    """True when two rows share a key (a job of its own: ``writer.SourceCounts`` saves it)."""
+    repeated = source.groupBy(KEY_COLUMN).count().where(F.col("count") > 1)
+    return repeated.limit(1).count() > 0
+
+
+def collapsed_records(source: DataFrame, spec: TableSpec) -> int:
+    """How many records share their key with another record that differs in the spec's
+    collision columns (re-reads of one record do not count): per key, distinct - 1."""
+    if not spec.collision_columns:
+        return 0
+    distinct = F.count_distinct(F.struct(*[F.col(c) for c in spec.collision_columns]))
+    per_key = source.groupBy(KEY_COLUMN).agg(distinct.alias("versions"))
+    total = per_key.agg(F.sum(F.col("versions") - 1)).first()
+    return int(total[0] or 0) if total is not None else 0

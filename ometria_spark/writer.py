@@ -20,7 +20,13 @@ from ometria_spark.phases import PhaseHook, no_hook, phase_name
 from ometria_spark.spark import release
 from ometria_spark.storage import LocalStorage, Storage, local_root
 from ometria_spark.tables import KEY_COLUMN, SYNCED_AT, TableSpec
-from ometria_spark.transforms import finalize, latest_per_key, validate_columns
+from ometria_spark.transforms import (
+    collapsed_records,
+    finalize,
+    has_repeated_keys,
+    latest_per_key,
+    validate_columns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,8 @@ def is_write_conflict(exc: BaseException) -> bool:
 @dataclass
 class _Seen:
     value: bool = False
+    # Created through this ref and not written since: empty (``merge_into`` clears it).
+    created: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,15 @@ class TableRef:
         if self.is_path:
             return "delta." + _quote(self.location)
         return ".".join(_quote(n) for n in self.location.split("."))
+
+
+@dataclass(frozen=True)
+class SourceCounts:
+    """What the caller's own pass over a MERGE source counted (saves ``merge_into`` a Spark
+    job of its own): its rows, and its distinct keys."""
+
+    rows: int
+    keys: int
 
 
 @dataclass(frozen=True)
@@ -121,6 +138,7 @@ def create_if_absent(
         for key, value in (properties or {}).items():
             builder = builder.property(key, value)
         builder.execute()
+        ref.seen.created = True
     if ref.is_path and ref.catalog_name:
         register(spark, ref)
     table = existing or open_table(spark, ref)
@@ -231,6 +249,7 @@ def merge_into(
     ref: TableRef,
     *,
     prune: Column | None = None,
+    counts: SourceCounts | None = None,
     attempts: int = 3,
 ) -> MergeMetrics:
     """UPSERT ``source`` (the spec's columns, optionally ``_fetch_order``) into the table.
@@ -239,13 +258,15 @@ def merge_into(
     (Delta fails a MERGE where two source rows match one target row). A matched row is
     rewritten only when one of its values changed, so re-merging the same batch changes
     nothing (and commits nothing). ``prune`` is an extra predicate on the
-    target (``t.``) that narrows the files the MERGE reads. Concurrent-write conflicts are
-    retried; MERGE is idempotent, so a retry cannot duplicate rows.
+    target (``t.``) that narrows the files the MERGE reads. ``counts``, when the caller
+    has them, say whether a key repeats (without a job of its own). Concurrent-write
+    conflicts are retried; MERGE is idempotent, so a retry cannot duplicate rows.
     """
     # De-duplicating sorts every row by key; checking for a repeated key only shuffles the
     # keys, and a pull or an export rarely repeats one.
     collapsed = 0
-    if _has_repeated_keys(source):
+    repeated = counts.keys < counts.rows if counts is not None else has_repeated_keys(source)
+    if repeated:
         collapsed = collapsed_records(source, spec)
         if collapsed:
             log.warning(
@@ -263,7 +284,9 @@ def merge_into(
         condition = condition & prune
     for attempt in range(1, attempts + 1):
         try:
-            metrics = _upsert(table, source, spec, condition)
+            fresh, ref.seen.created = ref.seen.created, False
+            keys = counts.keys if counts is not None else None
+            metrics = _upsert(table, source, spec, condition, fresh=fresh, source_rows=keys)
             return MergeMetrics(metrics.affected, metrics.inserted, metrics.updated, collapsed)
         except Exception as exc:
             if attempt == attempts or not is_write_conflict(exc):
@@ -274,10 +297,18 @@ def merge_into(
 
 
 def _upsert(
-    table: DeltaTable, source: DataFrame, spec: TableSpec, condition: Column
+    table: DeltaTable,
+    source: DataFrame,
+    spec: TableSpec,
+    condition: Column,
+    *,
+    fresh: bool = False,
+    source_rows: int | None = None,
 ) -> MergeMetrics:
+    """``fresh``: just created, so empty; ``source_rows``: the de-duplicated source's rows
+    (the insert-only MERGE's count then shows whether it inserted all). No history reads."""
     done = MergeMetrics(0, 0, 0)
-    if _never_written(table):
+    if fresh or _never_written(table):
         # A first load. An upsert in which no source row matches a target row inserts every
         # source row and nothing else; an insert-only MERGE does just that, without the
         # full MERGE's materialized source, second join and outer join. Its own commit
@@ -286,7 +317,11 @@ def _upsert(
         inserted = merge_metrics(
             table.alias("t").merge(source.alias("s"), condition).whenNotMatchedInsertAll().execute()
         )
-        if _last_merge_inserted_all(table):
+        if (
+            inserted.inserted == source_rows
+            if source_rows is not None
+            else _last_merge_inserted_all(table)
+        ):
             return inserted
         done = inserted
     # Rows equal to the table's already are dropped before the MERGE: they are not
@@ -334,22 +369,6 @@ def _changed_rows(
         .select(F.col(KEY_COLUMN))
     )
     return source.join(same, KEY_COLUMN, "left_anti")
-
-
-def _has_repeated_keys(source: DataFrame) -> bool:
-    repeated = source.groupBy(KEY_COLUMN).count().where(F.col("count") > 1)
-    return repeated.limit(1).count() > 0
-
-
-def collapsed_records(source: DataFrame, spec: TableSpec) -> int:
-    """How many records share their key with another record that differs in the spec's
-    collision columns (re-reads of one record do not count): per key, distinct - 1."""
-    if not spec.collision_columns:
-        return 0
-    distinct = F.count_distinct(F.struct(*[F.col(c) for c in spec.collision_columns]))
-    per_key = source.groupBy(KEY_COLUMN).agg(distinct.alias("versions"))
-    total = per_key.agg(F.sum(F.col("versions") - 1)).first()
-    return int(total[0] or 0) if total is not None else 0
 
 
 def _never_written(table: DeltaTable) -> bool:

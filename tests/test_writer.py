@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 from ometria_spark import writer
 from ometria_spark.tables import LISTS
 from ometria_spark.transforms import ORDER_COLUMN
-from ometria_spark.writer import MergeMetrics, TableRef, merge_into
+from ometria_spark.writer import MergeMetrics, SourceCounts, TableRef, merge_into
 
 T1 = datetime(2026, 11, 1, tzinfo=UTC)
 T2 = datetime(2026, 11, 2, tzinfo=UTC)
@@ -147,19 +147,52 @@ def test_first_load_is_an_insert_and_an_update_writes_deletion_vectors(
     assert update["numTargetRowsCopied"] == "0"
 
 
+@pytest.mark.parametrize("counted", [False, True], ids=["history", "counts"])
 def test_insert_first_falls_back_to_the_upsert_when_rows_matched(
-    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, counted: bool
 ) -> None:
     """If the table gained rows between the check and the insert, the insert-only MERGE
-    skips the matched rows; the upsert that follows updates them, as one MERGE would."""
+    skips the matched rows; the upsert that follows updates them, as one MERGE would. The
+    insert's shortfall shows in its commit (history), or against the caller's counts."""
     path = tmp_path / "lists"
     ref = TableRef(str(path), is_path=True)
     merge_into(spark, frame(spark, [row("L1", "old", T1), row("L2", "same", T1)]), LISTS, ref)
     monkeypatch.setattr(writer, "_never_written", lambda table: True)
+    counts = SourceCounts(rows=3, keys=3) if counted else None
+    if counted:  # the counts answer, not the history
+        monkeypatch.setattr(writer, "_last_merge_inserted_all", _no_call)
+        monkeypatch.setattr(writer, "has_repeated_keys", _no_call)
 
     batch = [row("L1", "changed", T2), row("L2", "same", T2), row("L3", "new", T2)]
-    assert merge_into(spark, frame(spark, batch), LISTS, ref) == MergeMetrics(2, 1, 1)
+    got = merge_into(spark, frame(spark, batch), LISTS, ref, counts=counts)
+    assert got == MergeMetrics(2, 1, 1)
     want = [row("L1", "changed", T2), row("L2", "same", T1), row("L3", "new", T2)]
+    assert_df_equality(table(spark, path), frame(spark, want),
+                       ignore_row_order=True, ignore_nullable=True)  # fmt: skip
+
+
+def _no_call(*args: Any) -> bool:
+    raise AssertionError("not to be called")
+
+
+def test_a_table_this_ref_created_is_loaded_without_reading_its_history(
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first MERGE through the ref that created the table knows it is empty; the next
+    one reads the history again. Repeated keys that the caller counted are de-duplicated."""
+    path = tmp_path / "lists"
+    ref = TableRef(str(path), is_path=True)
+    reads: list[str] = []
+    monkeypatch.setattr(writer, "_never_written", lambda table: reads.append("history") or False)
+    monkeypatch.setattr(writer, "has_repeated_keys", _no_call)
+    first = [row("L1", "one", T1), row("L2", "two", T1), row("L1", "one again", T1)]
+    source = frame(spark, first).withColumn(ORDER_COLUMN, F.struct(F.monotonically_increasing_id()))
+    got = merge_into(spark, source, LISTS, ref, counts=SourceCounts(rows=3, keys=2))
+    assert (got, reads) == (MergeMetrics(2, 2, 0), [])
+    second = [row("L2", "two, changed", T2), row("L3", "three", T2)]
+    got = merge_into(spark, frame(spark, second), LISTS, ref, counts=SourceCounts(rows=2, keys=2))
+    assert (got, reads) == (MergeMetrics(2, 1, 1), ["history"])
+    want = [row("L1", "one again", T1), *second]
     assert_df_equality(table(spark, path), frame(spark, want),
                        ignore_row_order=True, ignore_nullable=True)  # fmt: skip
 

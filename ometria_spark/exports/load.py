@@ -23,7 +23,7 @@ from ometria_spark.exports.reading import (
 from ometria_spark.phases import PhaseHook, no_hook, phase_name
 from ometria_spark.spark import release
 from ometria_spark.state import StateStore
-from ometria_spark.tables import EMAIL_EVENTS
+from ometria_spark.tables import EMAIL_EVENTS, KEY_COLUMN
 from ometria_spark.transforms import (
     BAD_VALUES_COLUMN,
     PROBLEM_COLUMN,
@@ -34,7 +34,13 @@ from ometria_spark.transforms import (
     to_target,
     with_problems,
 )
-from ometria_spark.writer import TableRef, ensure_table, merge_into, table_exists
+from ometria_spark.writer import (
+    SourceCounts,
+    TableRef,
+    ensure_table,
+    merge_into,
+    table_exists,
+)
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +300,7 @@ def _load_batch(
         F.unix_micros(F.min("event_at")).alias("low"),
         F.unix_micros(F.max("event_at")).alias("high"),
         F.count_if(F.col("event_at").isNull()).alias("no_time"),
+        F.count_distinct(KEY_COLUMN).alias("keys"),  # (merge_into: does a key repeat?)
     ).first()
     if summary is None or not summary["rows"]:
         return
@@ -302,7 +309,8 @@ def _load_batch(
     high = None if summary["high"] is None else _micros_to_datetime(int(summary["high"]))
     prune = event_time_prune(low, high, has_null=bool(summary["no_time"]))
     on_phase(phase_name("exports:merging"))
-    metrics = merge_into(spark, prepared, EMAIL_EVENTS, table, prune=prune)
+    counts = SourceCounts(int(summary["rows"]), int(summary["keys"]))
+    metrics = merge_into(spark, prepared, EMAIL_EVENTS, table, prune=prune, counts=counts)
     result.inserted = metrics.inserted
     result.updated = metrics.updated
     result.collapsed = metrics.collapsed

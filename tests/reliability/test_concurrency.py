@@ -110,7 +110,9 @@ def test_a_merge_that_loses_a_commit_race_is_retried(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     ref = TableRef(str(tmp_path / "lists"), is_path=True)
-    ensure_table(spark, LISTS, ref)  # created empty, as a first sync leaves it
+    # Created empty, as a first sync leaves it (by another run: its own ref would know the
+    # table holds no row, and not read its history).
+    ensure_table(spark, LISTS, TableRef(ref.location, is_path=True))
     gates = tmp_path / "gates"
     gates.mkdir()
     slow_rows = [row(f"L{i}", f"slow {i}", T1) for i in range(6)]
