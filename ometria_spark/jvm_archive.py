@@ -4,12 +4,12 @@ A local run spends most of its time starting the JVM and loading Spark's and Del
 classes (a sync with nothing new: about 24 s, most of it class loading and start-up).
 JDK 17 can write the classes a run loaded, parsed and verified, into a dynamic archive
 (``-XX:ArchiveClassesAtExit``) and map it into later JVMs (``-XX:SharedArchiveFile``).
-Measured here, side by side: a sync with nothing new 23.7-27.8 s -> 15.6-17.1 s wall and
-30.5-36.1 -> 20.2-22.9 CPU seconds.
+Measured here, side by side: a sync with nothing new 21.1-23.8 s -> 13.3-17.2 s wall and
+25.9-29.1 -> 17.3-22.5 CPU seconds (README, Performance).
 
 - ``make setup`` runs ``python -m ometria_spark.jvm_archive build``: one small demo sync
-  (the emulator, every stream) in a JVM that writes the archive when it exits, about a
-  minute once per machine. Its name holds a fingerprint of the Java binary, pyspark and the
+  (the emulator, every stream) in a JVM that writes the archive when it exits, about
+  2-3 minutes once per machine. Its name holds a fingerprint of the Java binary, pyspark and the
   jars, so an upgrade builds a new one and never uses a stale one.
 - A local session (``ometria_spark.spark``) starts its JVM with the archive when there is
   one. The JVM checks it (its Java build, its class path) and, should it not fit, ignores

@@ -140,12 +140,12 @@ def _merge_pages(
         if totals["bad"]:
             rejected = bad.select(SOURCE_FILE, SOURCE_COLUMN, PROBLEM_COLUMN, RAW_COLUMN)
             counts.quarantined += state.quarantine(rejected, stream=plan.stream, run_id=plan.run_id)
-        if int(totals["rows"]) <= int(totals["bad"]):
+        loadable = SourceCounts(int(totals["rows"]) - int(totals["bad"]), int(totals["keys"]))
+        if not loadable.rows:
             # Nothing to merge (the hourly case): skip the MERGE, but the table exists.
             ensure_table(spark, spec, ref)
             return {}
         on_phase(phase_name("merging:{stream}", stream=plan.stream))
-        loadable = SourceCounts(int(totals["rows"]) - int(totals["bad"]), int(totals["keys"]))
         metrics = merge_into(spark, good, spec, ref, counts=loadable)
         counts.inserted, counts.updated = metrics.inserted, metrics.updated
         counts.collapsed = metrics.collapsed

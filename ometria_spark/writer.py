@@ -262,8 +262,8 @@ def merge_into(
     has them, say whether a key repeats (without a job of its own). Concurrent-write
     conflicts are retried; MERGE is idempotent, so a retry cannot duplicate rows.
     """
-    # De-duplicating sorts every row by key; checking for a repeated key only shuffles the
-    # keys, and a pull or an export rarely repeats one.
+    # De-duplicating sorts every row by key: only when a key repeats (as the caller's counts
+    # say, or a job that only shuffles the keys).
     collapsed = 0
     repeated = counts.keys < counts.rows if counts is not None else has_repeated_keys(source)
     if repeated:
@@ -282,10 +282,10 @@ def merge_into(
     condition = F.col(f"t.{KEY_COLUMN}") == F.col(f"s.{KEY_COLUMN}")
     if prune is not None:
         condition = condition & prune
+    keys = counts.keys if counts is not None else None
     for attempt in range(1, attempts + 1):
         try:
             fresh, ref.seen.created = ref.seen.created, False
-            keys = counts.keys if counts is not None else None
             metrics = _upsert(table, source, spec, condition, fresh=fresh, source_rows=keys)
             return MergeMetrics(metrics.affected, metrics.inserted, metrics.updated, collapsed)
         except Exception as exc:
