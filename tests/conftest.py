@@ -19,6 +19,16 @@ from ometria_spark.spark import get_spark, s3a_options
 from ometria_spark.tables import TableSpec
 from ometria_spark.transforms import ORDER_COLUMN
 
+# The tests' data is tiny: Spark's code generation (Janino compiling each new plan's Java)
+# costs more than it saves there (a fifth of the test JVM's CPU samples under JFR). The
+# test sessions and the tests' job processes evaluate interpreted; the results are the same
+# by Spark's contract. The ``product_codegen`` fixture puts Spark's defaults back for the
+# end-to-end tests that keep generated code covered (tests/test_sync.py, tests/test_exports.py).
+INTERPRETED = {
+    "spark.sql.codegen.wholeStage": "false",
+    "spark.sql.codegen.factoryMode": "NO_CODEGEN",
+}
+
 
 @pytest.fixture(scope="session")
 def spark() -> Iterator[SparkSession]:
@@ -36,10 +46,24 @@ def spark() -> Iterator[SparkSession]:
             # tests took 142-201 s against 191-202 s C1-only, side by side); the serial
             # collector leaves the other worker's core alone.
             "spark.driver.extraJavaOptions": "-XX:+UseSerialGC",
+            **INTERPRETED,
         },
     )
     yield session
     session.stop()
+
+
+@pytest.fixture
+def product_codegen(spark: SparkSession) -> Iterator[None]:
+    """Spark's own defaults (whole-stage and expression code generation) for one test."""
+    for key in INTERPRETED:
+        spark.conf.unset(key)
+    assert spark.conf.get("spark.sql.codegen.wholeStage") == "true"
+    try:
+        yield
+    finally:
+        for key, value in INTERPRETED.items():
+            spark.conf.set(key, value)
 
 
 def raw_records(spark: SparkSession, spec: TableSpec, records: list[Any]) -> DataFrame:

@@ -247,6 +247,7 @@ LOADED_SCHEMA = "path string, size long, modified_ms long, run_id string, rows l
 # --- tests --------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("product_codegen")  # generated code stays covered
 def test_load_once_then_increment_then_full_refresh(spark: SparkSession, tmp_path: Path) -> None:
     root = tmp_path / "exports"
     paths = [

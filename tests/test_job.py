@@ -20,13 +20,16 @@ import yaml
 
 from ometria_spark.emulator.dataset import Dataset
 from ometria_spark.emulator.server import EmulatorServer
+from tests.conftest import INTERPRETED
 from tests.test_sync import ACCOUNT, KEY, SOURCE
 
 ROOT = Path(__file__).resolve().parent.parent
 STREAMS = ["lists", "profiles", "member_lists"]
 # Short-lived JVMs: C1-only JIT starts faster, and these runs are too short for C2 to pay;
-# the serial collector starts no GC threads to compete with the other pytest worker.
-FAST_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+# the serial collector starts no GC threads to compete with the other pytest worker. Spark
+# settings given as system properties (SparkConf reads ``-Dspark.*``): see INTERPRETED.
+JVM_FLAGS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+FAST_JVM = " ".join([JVM_FLAGS, *(f"-D{key}={value}" for key, value in INTERPRETED.items())])
 
 
 @pytest.fixture()

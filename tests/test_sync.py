@@ -71,6 +71,7 @@ def counts(report: RunReport) -> dict[str, tuple[str, int, int]]:
     return {r.stream: (r.status, r.rows_inserted, r.rows_updated) for r in report.streams}
 
 
+@pytest.mark.usefixtures("product_codegen")  # generated code stays covered
 def test_full_then_incremental_then_nothing_new(
     spark: SparkSession, tmp_path: Path, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

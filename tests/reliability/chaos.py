@@ -62,7 +62,8 @@ from ometria_spark.phases import PHASES
 from ometria_spark.spark import get_spark
 from ometria_spark.tables import KEY_COLUMN, SYNCED_AT, TABLES
 from tests import expected
-from tests.test_job import FAST_JVM, ROOT
+from tests.conftest import INTERPRETED
+from tests.test_job import FAST_JVM, JVM_FLAGS, ROOT
 from tests.test_sync import ACCOUNT, SOURCE
 
 # The same date/commit/machine stamp as the benchmarks' results (bench/ is not a package).
@@ -439,7 +440,8 @@ class Campaign:
                     "spark.default.parallelism": "2",
                     "spark.driver.memory": "1g",
                     "spark.databricks.delta.snapshotPartitions": "1",
-                    "spark.driver.extraJavaOptions": FAST_JVM,
+                    "spark.driver.extraJavaOptions": JVM_FLAGS,
+                    **INTERPRETED,
                 },
                 s3a=False,
             )
