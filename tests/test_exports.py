@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -30,6 +29,7 @@ from ometria_spark.exports import (
 from ometria_spark.state import StateStore
 from ometria_spark.tables import EMAIL_EVENTS
 from ometria_spark.writer import TableRef
+from tests.frames import assert_frames_equal
 
 SOURCE = "ometria-src-1"
 ACCOUNT = "acct-42"
@@ -233,7 +233,7 @@ def events(spark: SparkSession, rows: list[tuple[Any, ...]]) -> DataFrame:
 
 
 def assert_same(actual: DataFrame, expected: DataFrame) -> None:
-    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+    assert_frames_equal(actual, expected)
 
 
 def loaded_row(path: Path, run_id: str, rows: int) -> tuple[Any, ...]:

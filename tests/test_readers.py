@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from chispa import assert_df_equality
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from ometria_spark.readers import BAD_PAGE, RAW_COLUMN, SOURCE_FILE, read_records
 from ometria_spark.tables import MEMBER_LISTS, PROFILES
 from ometria_spark.transforms import ORDER_COLUMN, PROBLEM_COLUMN, UNREADABLE_COLUMN
+from tests.frames import assert_frames_equal
 
 SHAPE = "record does not match the expected shape"
 
@@ -103,8 +103,7 @@ def test_good_pages_bad_records_and_bad_pages(spark: SparkSession, tmp_path: Pat
         ],
         SCHEMA,
     )
-    assert_df_equality(rows(spark, paths, PROFILES), want, ignore_row_order=True,
-                       ignore_nullable=True)  # fmt: skip
+    assert_frames_equal(rows(spark, paths, PROFILES), want)  # fmt: skip
 
 
 def test_list_changes_take_the_list_id_from_the_request(
@@ -125,5 +124,4 @@ def test_list_changes_take_the_list_id_from_the_request(
         ],
         SCHEMA,
     )  # fmt: skip
-    assert_df_equality(rows(spark, paths, MEMBER_LISTS), want, ignore_row_order=True,
-                       ignore_nullable=True)  # fmt: skip
+    assert_frames_equal(rows(spark, paths, MEMBER_LISTS), want)  # fmt: skip

@@ -13,7 +13,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from chispa import assert_df_equality
 from pyspark.sql import SparkSession
 from pyspark.sql.types import StringType, TimestampType
 
@@ -31,6 +30,7 @@ from ometria_spark.tables import (
     TableSpec,
 )
 from tests.expected import md5
+from tests.frames import assert_frames_equal
 from tests.test_sync import ACCOUNT, KEY, SOURCE
 
 # All a sixth stream needs: this module in ometria_spark/streams/, and its table spec.
@@ -186,7 +186,7 @@ def test_a_sixth_api_stream_is_one_new_module(
         "__source_id string, __sync_key string",
     )
     got = spark.read.format("delta").load(config.table_location("orders")).drop(SYNCED_AT)
-    assert_df_equality(got, want, ignore_row_order=True, ignore_nullable=True)
+    assert_frames_equal(got, want)
     cursor = spark.read.format("delta").load(config.table_location("_sync_state"))
     assert [(r["stream"], r["cursor"]) for r in cursor.collect()] == [
         ("orders", "2025-06-05T09:30:00")

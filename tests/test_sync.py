@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chispa import assert_df_equality
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
@@ -22,6 +21,7 @@ from ometria_spark.storage import storage_for
 from ometria_spark.sync import RunReport, run
 from ometria_spark.tables import SYNCED_AT, TABLES
 from tests import expected
+from tests.frames import assert_rows_equal
 
 API_STREAMS = ("lists", "profiles", "member_lists", "unsubscribes")
 KEY = "test-key-5f1c0ffee"
@@ -62,9 +62,7 @@ def assert_tables_match(
         spec = TABLES[name]
         schema = spec.schema
         schema.fields = [f for f in schema.fields if f.name != SYNCED_AT]
-        want = spark.createDataFrame(build(ds, SOURCE, ACCOUNT), schema)
-        assert_df_equality(table(spark, config, name), want, ignore_row_order=True,
-                           ignore_nullable=True, ignore_column_order=False)  # fmt: skip
+        assert_rows_equal(table(spark, config, name), build(ds, SOURCE, ACCOUNT), schema)
 
 
 def counts(report: RunReport) -> dict[str, tuple[str, int, int]]:

@@ -10,7 +10,7 @@ import hashlib
 from datetime import UTC, date, datetime
 from typing import Any
 
-from chispa import assert_column_equality, assert_df_equality
+from chispa import assert_column_equality
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -35,6 +35,7 @@ from ometria_spark.transforms import (
     with_problems,
 )
 from tests.conftest import raw_records
+from tests.frames import assert_frames_equal
 
 SOURCE = "ometria-src-1"
 ACCOUNT = "acct-42"
@@ -179,9 +180,7 @@ def test_profiles(spark: SparkSession) -> None:
             ),
         ],
     )  # fmt: skip
-    assert_df_equality(
-        prepared.transform(finalize(PROFILES)), want, ignore_row_order=True, ignore_nullable=True
-    )
+    assert_frames_equal(prepared.transform(finalize(PROFILES)), want)
     assert quarantined == [("missing required field 'id'", '{"email": "noid@example.com"}')]
     assert bad_values(prepared, "profile_id") == {
         "2695-aaaaaa-000002": ["date_of_birth", "seen"],
@@ -226,12 +225,7 @@ def test_member_lists(spark: SparkSession) -> None:
              ACCOUNT, SOURCE, k4, SYNCED),
         ],
     )  # fmt: skip
-    assert_df_equality(
-        prepared.transform(finalize(MEMBER_LISTS)),
-        want,
-        ignore_row_order=True,
-        ignore_nullable=True,
-    )
+    assert_frames_equal(prepared.transform(finalize(MEMBER_LISTS)), want)
     assert [reason for reason, _ in quarantined] == [
         "missing every key field (profile_id, timestamp)"
     ]
@@ -270,9 +264,7 @@ def test_lists(spark: SparkSession) -> None:
              ACCOUNT, SOURCE, md5(SOURCE, "12345"), SYNCED),
         ],
     )  # fmt: skip
-    assert_df_equality(
-        prepared.transform(finalize(LISTS)), want, ignore_row_order=True, ignore_nullable=True
-    )
+    assert_frames_equal(prepared.transform(finalize(LISTS)), want)
     assert quarantined == [
         ("missing required field 'id'", '{"title": "no id"}'),
         ("record does not match the expected shape", "42"),
@@ -340,12 +332,7 @@ def test_email_events(spark: SparkSession) -> None:
              ACCOUNT, SOURCE, k_anon, SYNCED),
         ],
     )  # fmt: skip
-    assert_df_equality(
-        prepared.transform(finalize(EMAIL_EVENTS)),
-        want,
-        ignore_row_order=True,
-        ignore_nullable=True,
-    )
+    assert_frames_equal(prepared.transform(finalize(EMAIL_EVENTS)), want)
     assert [reason for reason, _ in quarantined] == [
         "missing every key field (to_address, event_type, dt_occurred)"
     ]
@@ -394,12 +381,7 @@ def test_unsubscribes(spark: SparkSession) -> None:
              ACCOUNT, SOURCE, k5, SYNCED),
         ],
     )  # fmt: skip
-    assert_df_equality(
-        prepared.transform(finalize(UNSUBSCRIBES)),
-        want,
-        ignore_row_order=True,
-        ignore_nullable=True,
-    )
+    assert_frames_equal(prepared.transform(finalize(UNSUBSCRIBES)), want)
     assert [reason for reason, _ in quarantined] == [
         "missing every key field (profile_id, timestamp)"
     ]

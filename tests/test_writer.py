@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -15,6 +14,7 @@ from ometria_spark import writer
 from ometria_spark.tables import LISTS
 from ometria_spark.transforms import ORDER_COLUMN
 from ometria_spark.writer import MergeMetrics, SourceCounts, TableRef, merge_into
+from tests.frames import assert_frames_equal
 
 T1 = datetime(2026, 11, 1, tzinfo=UTC)
 T2 = datetime(2026, 11, 2, tzinfo=UTC)
@@ -39,22 +39,19 @@ def test_merge_into_new_then_changed_then_same(spark: SparkSession, tmp_path: Pa
     first = [row("L1", "VIPs", T1), row("L2", "Lapsed", T1)]
 
     assert merge_into(spark, frame(spark, first), LISTS, ref) == MergeMetrics(2, 2, 0)
-    assert_df_equality(table(spark, tmp_path / "lists"), frame(spark, first),
-                       ignore_row_order=True, ignore_nullable=True)  # fmt: skip
+    assert_frames_equal(table(spark, tmp_path / "lists"), frame(spark, first))  # fmt: skip
 
     # One changed row, one unchanged (only its write time differs), one new.
     second = [row("L1", "VIPs ✨", T2), row("L2", "Lapsed", T2), row("L3", "New", T2)]
     assert merge_into(spark, frame(spark, second), LISTS, ref) == MergeMetrics(2, 1, 1)
     after_second = [row("L1", "VIPs ✨", T2), row("L2", "Lapsed", T1), row("L3", "New", T2)]
-    assert_df_equality(table(spark, tmp_path / "lists"), frame(spark, after_second),
-                       ignore_row_order=True, ignore_nullable=True)  # fmt: skip
+    assert_frames_equal(table(spark, tmp_path / "lists"), frame(spark, after_second))  # fmt: skip
 
     # The same batch again: no row changed and no commit at all (Delta would otherwise
     # rewrite every file holding a matched row, changed or not).
     versions_before = spark.sql(f"DESCRIBE HISTORY delta.`{tmp_path / 'lists'}`").count()
     assert merge_into(spark, frame(spark, second), LISTS, ref) == MergeMetrics(0, 0, 0)
-    assert_df_equality(table(spark, tmp_path / "lists"), frame(spark, after_second),
-                       ignore_row_order=True, ignore_nullable=True)  # fmt: skip
+    assert_frames_equal(table(spark, tmp_path / "lists"), frame(spark, after_second))  # fmt: skip
     assert spark.sql(f"DESCRIBE HISTORY delta.`{tmp_path / 'lists'}`").count() == versions_before
 
     # One changed row among unchanged ones: only that row's file is rewritten, and the
@@ -80,18 +77,16 @@ def test_duplicated_key_latest_fetched_wins(spark: SparkSession, tmp_path: Path)
         .otherwise(3),
     )
     assert merge_into(spark, batch, LISTS, ref) == MergeMetrics(1, 1, 0)
-    assert_df_equality(table(spark, tmp_path / "lists"),
-                       frame(spark, [row("L1", "newest title", T1)]),
-                       ignore_row_order=True, ignore_nullable=True)  # fmt: skip
+    assert_frames_equal(table(spark, tmp_path / "lists"),
+                       frame(spark, [row("L1", "newest title", T1)]))  # fmt: skip
 
 
 def test_managed_table_by_name(spark: SparkSession, tmp_path: Path) -> None:
     spark.sql(f"CREATE SCHEMA IF NOT EXISTS writer_test LOCATION '{tmp_path / 'db'}'")
     ref = TableRef("writer_test.lists", is_path=False)
     merge_into(spark, frame(spark, [row("L9", "Managed", T1)]), LISTS, ref)
-    assert_df_equality(spark.table("writer_test.lists"),
-                       frame(spark, [row("L9", "Managed", T1)]),
-                       ignore_row_order=True, ignore_nullable=True)  # fmt: skip
+    assert_frames_equal(spark.table("writer_test.lists"),
+                       frame(spark, [row("L9", "Managed", T1)]))  # fmt: skip
     spark.sql("DROP SCHEMA writer_test CASCADE")
 
 
@@ -133,8 +128,7 @@ def test_first_load_is_an_insert_and_an_update_writes_deletion_vectors(
     second = [row("L7", "new title", T2), row("L99", "new list", T2)]
     assert merge_into(spark, frame(spark, second), LISTS, ref) == MergeMetrics(2, 1, 1)
     want = [row(f"L{i}", "title", T1) for i in range(40) if i != 7] + second
-    assert_df_equality(table(spark, path), frame(spark, want),
-                       ignore_row_order=True, ignore_nullable=True)  # fmt: skip
+    assert_frames_equal(table(spark, path), frame(spark, want))  # fmt: skip
     history = spark.sql(f"DESCRIBE HISTORY delta.`{path}`").orderBy("version").collect()
     assert [h["operation"] for h in history] == ["CREATE TABLE", "MERGE", "MERGE"]
     load, update = history[1]["operationMetrics"], history[2]["operationMetrics"]
@@ -167,8 +161,7 @@ def test_insert_first_falls_back_to_the_upsert_when_rows_matched(
     got = merge_into(spark, frame(spark, batch), LISTS, ref, counts=counts)
     assert got == MergeMetrics(2, 1, 1)
     want = [row("L1", "changed", T2), row("L2", "same", T1), row("L3", "new", T2)]
-    assert_df_equality(table(spark, path), frame(spark, want),
-                       ignore_row_order=True, ignore_nullable=True)  # fmt: skip
+    assert_frames_equal(table(spark, path), frame(spark, want))  # fmt: skip
 
 
 def _no_call(*args: Any) -> bool:
@@ -193,8 +186,7 @@ def test_a_table_this_ref_created_is_loaded_without_reading_its_history(
     got = merge_into(spark, frame(spark, second), LISTS, ref, counts=SourceCounts(rows=2, keys=2))
     assert (got, reads) == (MergeMetrics(2, 1, 1), ["history"])
     want = [row("L1", "one again", T1), *second]
-    assert_df_equality(table(spark, path), frame(spark, want),
-                       ignore_row_order=True, ignore_nullable=True)  # fmt: skip
+    assert_frames_equal(table(spark, path), frame(spark, want))  # fmt: skip
 
 
 def test_records_the_key_makes_one_row_are_counted(spark: SparkSession) -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from chispa import assert_df_equality
 from pyspark.sql import SparkSession
 
 from ometria_spark.config import Config
 from ometria_spark.state import STATE_TABLE
 from ometria_spark.tables import KEY_COLUMN, SYNCED_AT, TABLES
+from tests.frames import assert_rows_equal
 from tests.test_sync import table as read_table
 
 
@@ -19,10 +19,9 @@ def assert_rows(
     """The table holds exactly ``rows`` (as ``tests.expected`` builds them), each key once."""
     schema = TABLES[name].schema
     schema.fields = [f for f in schema.fields if f.name != SYNCED_AT]
-    got = read_table(spark, config, name)
-    assert_df_equality(got, spark.createDataFrame(rows, schema),
-                       ignore_row_order=True, ignore_nullable=True)  # fmt: skip
-    assert got.groupBy(KEY_COLUMN).count().where("count > 1").isEmpty()
+    got = assert_rows_equal(read_table(spark, config, name), rows, schema)
+    keys = [row[KEY_COLUMN] for row in got]
+    assert len(set(keys)) == len(keys)
 
 
 def cursors(spark: SparkSession, config: Config) -> dict[str, dict[str, str]]:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
@@ -45,6 +44,7 @@ from ometria_spark.tables import (
     TableSpec,
 )
 from tests import test_exports as ex
+from tests.frames import assert_frames_equal
 from tests.test_sync import ACCOUNT, KEY, SOURCE, make_config, table
 
 # Unicode of every kind in one value: emoji (outside the BMP), right-to-left scripts, a
@@ -119,7 +119,7 @@ def target_row(
 
 def assert_rows(actual: DataFrame, spec: TableSpec, rows: list[tuple[Any, ...]]) -> None:
     want = actual.sparkSession.createDataFrame(rows, schema(spec))
-    assert_df_equality(actual.drop(SYNCED_AT), want, ignore_row_order=True, ignore_nullable=True)
+    assert_frames_equal(actual.drop(SYNCED_AT), want)
 
 
 def quarantine_rows(df: DataFrame) -> DataFrame:
@@ -441,12 +441,7 @@ def test_bad_api_records_and_pages(
            "missing every key field (profile_id, timestamp)", compact(r)) for r in U_BAD],
         bad_page("unsubscribes/r0000-o000000100.json"),
     ]  # fmt: skip
-    assert_df_equality(
-        quarantine_rows(quarantine),
-        spark.createDataFrame(want, QUARANTINE_VIEW),
-        ignore_row_order=True,
-        ignore_nullable=True,
-    )
+    assert_frames_equal(quarantine_rows(quarantine), spark.createDataFrame(want, QUARANTINE_VIEW))
     assert_no_key(tmp_path)
 
 
@@ -616,13 +611,13 @@ def assert_quarantine(target: ex.Target, rows: list[tuple[str, str, str | None]]
         target.spark.read.format("delta").load(target.state.quarantine_ref.location)
     ).drop("stream")
     want = target.spark.createDataFrame(rows, "file string, reason string, raw string")
-    assert_df_equality(actual, want, ignore_row_order=True, ignore_nullable=True)
+    assert_frames_equal(actual, want)
 
 
 def assert_loaded(target: ex.Target, files: list[tuple[str, int]]) -> None:
     actual = target.loaded().select(F.regexp_extract("path", r"[^/]*$", 0).alias("file"), "rows")
     want = target.spark.createDataFrame(files, "file string, rows long")
-    assert_df_equality(actual, want, ignore_row_order=True, ignore_nullable=True)
+    assert_frames_equal(actual, want)
 
 
 def test_bad_csv_export_files(spark: SparkSession, tmp_path: Path) -> None:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chispa import assert_df_equality
 from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -36,6 +35,7 @@ from ometria_spark.storage import storage_for
 from ometria_spark.sync import run
 from ometria_spark.tables import KEY_COLUMN, LISTS
 from ometria_spark.writer import TableRef, ensure_table, merge_into
+from tests.frames import assert_frames_equal
 from tests.reliability.leaks import assert_no_secret
 from tests.test_job import STREAMS, sync, write_config
 from tests.test_sync import KEY, assert_tables_match
@@ -163,4 +163,4 @@ def test_a_merge_that_loses_a_commit_race_is_retried(
     # Both writers' rows, once each; the slow writer committed last, so its titles win.
     want = slow_rows + [r for r in fast_rows if r[0] not in {s[0] for s in slow_rows}]
     got = spark.read.format("delta").load(ref.location)
-    assert_df_equality(got, frame(spark, want), ignore_row_order=True, ignore_nullable=True)
+    assert_frames_equal(got, frame(spark, want))

@@ -28,7 +28,6 @@ from typing import Any
 
 import pytest
 import yaml
-from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
@@ -43,6 +42,7 @@ from ometria_spark.state import LOADED_FILES_TABLE, QUARANTINE_TABLE, RUNS_TABLE
 from ometria_spark.sync import run
 from ometria_spark.tables import EMAIL_EVENTS, SYNCED_AT
 from tests import expected
+from tests.frames import assert_rows_equal
 from tests.reliability.chaos import crash_templates
 from tests.test_job import sync, write_config
 from tests.test_sync import ACCOUNT, KEY, SOURCE, assert_tables_match
@@ -137,8 +137,8 @@ def read(spark: SparkSession, config: Config, name: str) -> DataFrame:
     return spark.read.format("delta").load(config.table_location(name))
 
 
-def same(actual: DataFrame, want: DataFrame) -> None:
-    assert_df_equality(actual, want, ignore_row_order=True, ignore_nullable=True)
+def same(actual: DataFrame, rows: list[tuple[Any, ...]], schema: StructType | str) -> None:
+    assert_rows_equal(actual, rows, schema)
 
 
 def assert_everything_loaded_once(
@@ -154,17 +154,19 @@ def assert_everything_loaded_once(
     """Every table equals an uninterrupted sync's; the job's own tables hold no duplicate."""
     assert_tables_match(spark, config, ds, API)
     schema = StructType([f for f in EMAIL_EVENTS.schema.fields if f.name != SYNCED_AT])
-    want_events = spark.createDataFrame(expected.email_events(events, SOURCE, ACCOUNT), schema)
-    same(read(spark, config, "email_events").drop(SYNCED_AT), want_events)
+    want_events = expected.email_events(events, SOURCE, ACCOUNT)
+    same(read(spark, config, "email_events").drop(SYNCED_AT), want_events, schema)
 
     same(
         read(spark, config, STATE_TABLE).select("stream", "scope", "cursor"),
-        spark.createDataFrame(expected_cursors(ds), "stream string, scope string, cursor string"),
+        expected_cursors(ds),
+        "stream string, scope string, cursor string",
     )
     # Each export file recorded once.
     same(
         read(spark, config, LOADED_FILES_TABLE).select("path"),
-        spark.createDataFrame([(f"file:{p}",) for p in export_paths], "path string"),
+        [(f"file:{p}",) for p in export_paths],
+        "path string",
     )
     # The one bad record, once, though its file was read by several killed runs.
     quarantine = read(spark, config, QUARANTINE_TABLE)
@@ -173,10 +175,8 @@ def assert_everything_loaded_once(
     reason = "missing every key field (to_address, event_type, dt_occurred)"
     same(
         quarantine.select("stream", "source_file", "reason", "raw"),
-        spark.createDataFrame(
-            [("email_events", f"file:{bad_file}", reason, raw)],
-            "stream string, source_file string, reason string, raw string",
-        ),
+        [("email_events", f"file:{bad_file}", reason, raw)],
+        "stream string, source_file string, reason string, raw string",
     )
     # Killed runs record nothing; each clean run one row per stream.
     runs = read(spark, config, RUNS_TABLE)
@@ -184,10 +184,8 @@ def assert_everything_loaded_once(
     assert runs.select("run_id").distinct().count() == clean_runs
     same(
         runs.select("stream", "status"),
-        spark.createDataFrame(
-            [(s, "succeeded") for _ in range(clean_runs) for s in STREAMS],
-            "stream string, status string",
-        ),
+        [(s, "succeeded") for _ in range(clean_runs) for s in STREAMS],
+        "stream string, status string",
     )
 
 

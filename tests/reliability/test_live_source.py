@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chispa import assert_df_equality
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -32,6 +31,7 @@ from ometria_spark.state import QUARANTINE_TABLE, RUNS_TABLE
 from ometria_spark.sync import RunReport, run
 from ometria_spark.tables import KEY_COLUMN, SYNCED_AT, TABLES
 from tests import expected
+from tests.frames import assert_frames_equal
 from tests.reliability.rows import assert_rows, cursors
 from tests.test_sync import ACCOUNT, KEY, SOURCE, assert_tables_match
 from tests.test_sync import table as read_table
@@ -225,16 +225,14 @@ def test_an_ordinary_users_config_and_odd_records_end_to_end(
 
     # The odd /lists elements were read by every run (lists, member_lists): quarantined once.
     quarantine = spark.read.format("delta").load(config.table_location(QUARANTINE_TABLE))
-    assert_df_equality(
+    assert_frames_equal(
         quarantine.select("stream", "reason", "raw"),
         spark.createDataFrame(
             [("lists", "record does not match the expected shape", "a string"),
              ("lists", "missing required field 'id'", None),
              ("lists", "missing required field 'id'", '{"title":"no id"}')],
             "stream string, reason string, raw string",
-        ),
-        ignore_row_order=True, ignore_nullable=True,
-    )  # fmt: skip
+        ))  # fmt: skip
 
 
 # --- an account that changes while it is pulled -------------------------------------------
@@ -247,8 +245,8 @@ def assert_profiles_with_deleted(spark: SparkSession, config: Config, ds: Datase
     current = table.where(~F.col("profile_id").isin(list(gone) or [""]))
     schema = TABLES["profiles"].schema
     schema.fields = [f for f in schema.fields if f.name != SYNCED_AT]
-    assert_df_equality(current, spark.createDataFrame(expected.profiles(ds, SOURCE, ACCOUNT),
-                       schema), ignore_row_order=True, ignore_nullable=True)  # fmt: skip
+    assert_frames_equal(current, spark.createDataFrame(expected.profiles(ds, SOURCE, ACCOUNT),
+                       schema))  # fmt: skip
     # A deleted profile stays as it was when last fetched (an update made just before its
     # deletion may never be fetched): its key and id are right, whatever the version.
     kept = table.where(F.col("profile_id").isin(list(gone) or [""]))

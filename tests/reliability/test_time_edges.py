@@ -19,7 +19,6 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
-from chispa import assert_df_equality
 from pyspark.sql import SparkSession
 
 from ometria_spark.config import config_from_dict, load_config
@@ -29,6 +28,7 @@ from ometria_spark.emulator.server import EmulatorServer
 from ometria_spark.state import LOADED_FILES_TABLE
 from ometria_spark.sync import run
 from tests import expected
+from tests.frames import assert_frames_equal
 from tests.reliability.leaks import assert_no_secret
 from tests.reliability.rows import assert_rows, cursors
 from tests.test_job import sync, write_config
@@ -81,8 +81,7 @@ def test_the_machine_time_zone_changes_no_row_and_no_cursor(
 
     utc, la = (load_config(configs[z]) for z in ("UTC", LA))
     for name in ALL:
-        assert_df_equality(read_table(spark, la, name), read_table(spark, utc, name),
-                           ignore_row_order=True, ignore_nullable=True)  # fmt: skip
+        assert_frames_equal(read_table(spark, la, name), read_table(spark, utc, name))  # fmt: skip
     assert_tables_match(spark, utc, ds, API)
     assert_rows(spark, utc, "email_events", expected.email_events(ds.email_events, SOURCE, ACCOUNT))
     assert cursors(spark, la) == cursors(spark, utc)
