@@ -27,10 +27,10 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from ometria_spark.config import Config, StorageConfig
+from ometria_spark.delta_table import TableRef
 from ometria_spark.exports import EmailEventsResult, load_email_events
 from ometria_spark.spark import get_spark
 from ometria_spark.state import StateStore
-from ometria_spark.writer import TableRef
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import append

@@ -16,6 +16,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ometria_spark.config import Config
+from ometria_spark.delta_table import TableRef, table_version
 from ometria_spark.landing import Landing, Plan
 from ometria_spark.phases import PhaseHook, no_hook, phase_name
 from ometria_spark.readers import read_records
@@ -35,13 +36,7 @@ from ometria_spark.transforms import (
     split_loadable,
     to_target,
 )
-from ometria_spark.writer import (
-    SourceCounts,
-    TableRef,
-    ensure_table,
-    merge_into,
-    table_version,
-)
+from ometria_spark.writer import SourceCounts, ensure_table, merge_into
 
 log = logging.getLogger(__name__)
 

@@ -1,24 +1,20 @@
-"""The one MERGE writer: create the Delta table if absent, then UPSERT on the sync key."""
+"""The one MERGE writer of the data tables: the table (created if absent, its columns
+checked), then an UPSERT on the sync key that rewrites only rows that changed."""
 
 from __future__ import annotations
 
 import logging
-import re
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import reduce
 
 from delta.exceptions import DeltaConcurrentModificationException
 from delta.tables import DeltaTable
-from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import StructType
 
-from ometria_spark.phases import PhaseHook, no_hook, phase_name
+from ometria_spark.delta_table import TableRef, create_if_absent
 from ometria_spark.spark import release
-from ometria_spark.storage import LocalStorage, Storage, local_root
 from ometria_spark.tables import KEY_COLUMN, SYNCED_AT, TableSpec
 from ometria_spark.transforms import (
     collapsed_records,
@@ -49,43 +45,6 @@ def is_write_conflict(exc: BaseException) -> bool:
     return java is not None and str(java.toString()).startswith(_CONFLICTS)
 
 
-@dataclass
-class _Seen:
-    value: bool = False
-    # Created through this ref and not written since: empty (``merge_into`` clears it).
-    created: bool = False
-
-
-@dataclass(frozen=True)
-class TableRef:
-    """Where a table lives: a Delta path (``is_path``) or a catalog name."""
-
-    location: str
-    is_path: bool
-    # In path mode, also registered under this name in the session catalog (may be None).
-    catalog_name: str | None = None
-    # In path mode, the table folder's files as Python sees them (to clear what a run killed
-    # while creating the table left); local paths need none, other schemes go without.
-    files: Storage | None = field(default=None, compare=False)
-    # Set once this ref's table was found or created (and registered): later writes through
-    # the same ref skip the catalog and storage checks. A run makes its refs once
-    # (``state.StateStore.ref``), so this lives as long as the run.
-    seen: _Seen = field(default_factory=lambda: _Seen(), compare=False, repr=False)
-    # The run's phase hook (``ometria_spark.phases``): told when the table is created.
-    on_phase: PhaseHook = field(default=no_hook, compare=False, repr=False)
-
-    @property
-    def name(self) -> str:
-        return self.location.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[-1]
-
-    @property
-    def sql(self) -> str:
-        """The table in SQL: ``delta.`path``` or the quoted catalog name."""
-        if self.is_path:
-            return "delta." + _quote(self.location)
-        return ".".join(_quote(n) for n in self.location.split("."))
-
-
 @dataclass(frozen=True)
 class SourceCounts:
     """What the caller's own pass over a MERGE source counted (saves ``merge_into`` a Spark
@@ -105,131 +64,11 @@ class MergeMetrics:
     collapsed: int = 0
 
 
-def table_exists(spark: SparkSession, ref: TableRef) -> bool:
-    if ref.is_path:
-        return bool(DeltaTable.isDeltaTable(spark, ref.location))
-    return bool(spark.catalog.tableExists(ref.location))
-
-
-def create_if_absent(
-    spark: SparkSession,
-    ref: TableRef,
-    schema: StructType,
-    cluster_by: tuple[str, ...] = (),
-    properties: Mapping[str, str] | None = None,
-) -> DeltaTable:
-    """Open the Delta table at ``ref``, creating it with ``schema`` (and table
-    ``properties``) first if needed; in path mode also register its catalog name (if the
-    ref has one). An existing table keeps its properties."""
-    if ref.seen.value:
-        try:
-            return open_table(spark, ref)
-        except Exception:  # removed since: check and create again
-            ref.seen.value = False
-    existing = _open_existing(spark, ref)
-    if existing is None:
-        if ref.is_path:
-            _clear_uncommitted(ref)
-        ref.on_phase(phase_name("creating:{table}", table=ref.name))
-        builder = DeltaTable.createIfNotExists(spark).addColumns(schema)
-        builder = builder.location(ref.location) if ref.is_path else builder.tableName(ref.location)
-        if cluster_by:
-            builder = builder.clusterBy(*cluster_by)
-        for key, value in (properties or {}).items():
-            builder = builder.property(key, value)
-        builder.execute()
-        ref.seen.created = True
-    if ref.is_path and ref.catalog_name:
-        register(spark, ref)
-    table = existing or open_table(spark, ref)
-    ref.seen.value = True
-    return table
-
-
-def _open_existing(spark: SparkSession, ref: TableRef) -> DeltaTable | None:
-    """The table if it exists. A path is opened at once (one snapshot read instead of a
-    check and then a read: half a second on a cold JVM)."""
-    if not ref.is_path:
-        return open_table(spark, ref) if table_exists(spark, ref) else None
-    try:
-        return DeltaTable.forPath(spark, ref.location)
-    except AnalysisException:  # "... is not a Delta table" (no table there yet)
-        return None
-
-
-# A commit of a Delta table: a version file, a checkpoint, a staged (coordinated) commit.
-_COMMIT = re.compile(
-    r"^_delta_log/(\d{20}\.json|\d{20}\.checkpoint.*|_last_checkpoint|_staged_commits/.+\.json)$"
-)
-
-
-def _clear_uncommitted(ref: TableRef) -> None:
-    """Make a table folder without any commit (a run killed while creating the table left
-    ``_delta_log/`` without its first commit) absent again, so the table can be created:
-    Delta would take the folder for a table it cannot find, on every later run. Files other
-    than Delta's log in such a folder are not ours: that is an error naming them."""
-    location = ref.location.rstrip("/")
-    files = ref.files
-    if files is None and "://" not in location.replace("file://", "", 1):
-        files = LocalStorage()
-        location = local_root(location)
-    if files is None:
-        return
-    names = files.list_tree(location)
-    if any(_COMMIT.match(name) for name in names):
-        return  # a table after all: let Delta open it (or say what is wrong)
-    strays = [name for name in names if not name.startswith("_delta_log/")]
-    if strays:
-        raise RuntimeError(
-            f"{ref.location} holds files ({', '.join(strays[:3])}) but no Delta commit: "
-            "it is not a table; move them away or choose another storage.tables_path"
-        )
-    if files.remove_tree(f"{location}/_delta_log"):
-        log.warning("%s: a table folder without a commit (a run was killed while creating "
-                    "it); creating the table again", ref.location)  # fmt: skip
-
-
-def table_version(spark: SparkSession, ref: TableRef) -> dict[str, object] | None:
-    """The table's latest version and its commit time (None: no table there)."""
-    try:
-        row = spark.sql(f"DESCRIBE HISTORY {ref.sql} LIMIT 1").select("version", "timestamp")
-        last = row.first()
-    except AnalysisException:
-        return None
-    if last is None:
-        return None
-    return {"version": int(last["version"]), "committed": str(last["timestamp"])}
-
-
 def ensure_table(spark: SparkSession, spec: TableSpec, ref: TableRef) -> DeltaTable:
     """Create the table with the spec's schema if it does not exist, and check its columns."""
     table = create_if_absent(spark, ref, spec.schema, spec.cluster_by, spec.properties)
     validate_columns(table.toDF(), spec)
     return table
-
-
-def register(spark: SparkSession, ref: TableRef) -> None:
-    """Make a path table queryable by name (``spark.table('ometria.profiles')``)."""
-    assert ref.catalog_name is not None
-    if spark.catalog.tableExists(ref.catalog_name):
-        return
-    *namespace, _ = ref.catalog_name.split(".")
-    if namespace:
-        spark.sql(f"CREATE SCHEMA IF NOT EXISTS {'.'.join(_quote(n) for n in namespace)}")
-    spark.sql(
-        f"CREATE TABLE IF NOT EXISTS {'.'.join(_quote(n) for n in ref.catalog_name.split('.'))} "
-        f"USING DELTA LOCATION '{ref.location.replace(chr(39), '')}'"
-    )
-
-
-def _quote(identifier: str) -> str:
-    return "`" + identifier.replace("`", "``") + "`"
-
-
-def open_table(spark: SparkSession, ref: TableRef) -> DeltaTable:
-    if ref.is_path:
-        return DeltaTable.forPath(spark, ref.location)
-    return DeltaTable.forName(spark, ref.location)
 
 
 def changed(spec: TableSpec) -> Column:
@@ -286,7 +125,12 @@ def merge_into(
     for attempt in range(1, attempts + 1):
         try:
             fresh, ref.seen.created = ref.seen.created, False
-            metrics = _upsert(table, source, spec, condition, fresh=fresh, source_rows=keys)
+            # Past version 0 since the run began: written before, not a first load (a table
+            # re-created behind the run's back just takes the full upsert, always right).
+            written = (ref.seen.version or 0) > 0
+            metrics = _upsert(
+                table, source, spec, condition, fresh=fresh, written=written, source_rows=keys
+            )
             return MergeMetrics(metrics.affected, metrics.inserted, metrics.updated, collapsed)
         except Exception as exc:
             if attempt == attempts or not is_write_conflict(exc):
@@ -303,12 +147,14 @@ def _upsert(
     condition: Column,
     *,
     fresh: bool = False,
+    written: bool = False,
     source_rows: int | None = None,
 ) -> MergeMetrics:
-    """``fresh``: just created, so empty; ``source_rows``: the de-duplicated source's rows
-    (the insert-only MERGE's count then shows whether it inserted all). No history reads."""
+    """``fresh``: just created, so empty; ``written``: known to have been written since
+    its creation (no history read to tell); ``source_rows``: the de-duplicated source's
+    rows (the insert-only MERGE's count then shows whether it inserted all)."""
     done = MergeMetrics(0, 0, 0)
-    if fresh or _never_written(table):
+    if fresh or (not written and _never_written(table)):
         # A first load. An upsert in which no source row matches a target row inserts every
         # source row and nothing else; an insert-only MERGE does just that, without the
         # full MERGE's materialized source, second join and outer join. Its own commit

@@ -18,6 +18,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ometria_spark.config import Config, StorageConfig
+from ometria_spark.delta_table import TableRef
 from ometria_spark.emulator.exports import EXPORT_COLUMNS, csv_bytes, jsonl_bytes
 from ometria_spark.exports import (
     EmailEventsResult,
@@ -28,7 +29,6 @@ from ometria_spark.exports import (
 )
 from ometria_spark.state import StateStore
 from ometria_spark.tables import EMAIL_EVENTS
-from ometria_spark.writer import TableRef
 from tests.frames import assert_frames_equal
 
 SOURCE = "ometria-src-1"

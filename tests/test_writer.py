@@ -11,9 +11,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ometria_spark import writer
+from ometria_spark.delta_table import TableRef, table_version
 from ometria_spark.tables import LISTS
 from ometria_spark.transforms import ORDER_COLUMN
-from ometria_spark.writer import MergeMetrics, SourceCounts, TableRef, merge_into
+from ometria_spark.writer import MergeMetrics, SourceCounts, merge_into
 from tests.frames import assert_frames_equal
 
 T1 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -172,7 +173,9 @@ def test_a_table_this_ref_created_is_loaded_without_reading_its_history(
     spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first MERGE through the ref that created the table knows it is empty; the next
-    one reads the history again. Repeated keys that the caller counted are de-duplicated."""
+    one reads the history again, unless the run has read the table's version past 0 (it
+    was written since its creation). Repeated keys that the caller counted are
+    de-duplicated."""
     path = tmp_path / "lists"
     ref = TableRef(str(path), is_path=True)
     reads: list[str] = []
@@ -185,7 +188,11 @@ def test_a_table_this_ref_created_is_loaded_without_reading_its_history(
     second = [row("L2", "two, changed", T2), row("L3", "three", T2)]
     got = merge_into(spark, frame(spark, second), LISTS, ref, counts=SourceCounts(rows=2, keys=2))
     assert (got, reads) == (MergeMetrics(2, 1, 1), ["history"])
-    want = [row("L1", "one again", T1), *second]
+    assert table_version(spark, ref) is not None and ref.seen.version == 2
+    third = [row("L3", "three, changed", T2)]
+    got = merge_into(spark, frame(spark, third), LISTS, ref, counts=SourceCounts(rows=1, keys=1))
+    assert (got, reads) == (MergeMetrics(1, 0, 1), ["history"])
+    want = [row("L1", "one again", T1), second[0], *third]
     assert_frames_equal(table(spark, path), frame(spark, want))  # fmt: skip
 
 

@@ -9,8 +9,8 @@ from datetime import datetime
 from pyspark.sql import SparkSession
 from pyspark.sql.types import LongType, StringType, StructField, StructType, TimestampType
 
+from ometria_spark.delta_table import TableRef, create_if_absent, open_table, table_exists
 from ometria_spark.exports.files import ExportFile
-from ometria_spark.writer import TableRef, create_if_absent, open_table, table_exists
 
 # One row per loaded file; ``rows`` counts every record read from it, quarantined included.
 LOADED_FILES_SCHEMA = StructType(

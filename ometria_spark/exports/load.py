@@ -11,6 +11,7 @@ from typing import Any
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from ometria_spark.delta_table import TableRef, table_exists
 from ometria_spark.errors import root_cause
 from ometria_spark.exports.files import ExportFile, discover
 from ometria_spark.exports.ledger import new_files, record_loaded
@@ -34,13 +35,7 @@ from ometria_spark.transforms import (
     to_target,
     with_problems,
 )
-from ometria_spark.writer import (
-    SourceCounts,
-    TableRef,
-    ensure_table,
-    merge_into,
-    table_exists,
-)
+from ometria_spark.writer import SourceCounts, ensure_table, merge_into
 
 log = logging.getLogger(__name__)
 

@@ -27,6 +27,7 @@ from pyspark.sql.types import StringType
 
 from ometria_spark import writer
 from ometria_spark.config import load_config
+from ometria_spark.delta_table import TableRef
 from ometria_spark.emulator.dataset import Dataset
 from ometria_spark.emulator.server import EmulatorServer
 from ometria_spark.landing import Landing
@@ -34,7 +35,7 @@ from ometria_spark.lock import RunLock
 from ometria_spark.storage import storage_for
 from ometria_spark.sync import run
 from ometria_spark.tables import KEY_COLUMN, LISTS
-from ometria_spark.writer import TableRef, ensure_table, merge_into
+from ometria_spark.writer import ensure_table, merge_into
 from tests.frames import assert_frames_equal
 from tests.reliability.leaks import assert_no_secret
 from tests.test_job import STREAMS, sync, write_config
