@@ -40,6 +40,11 @@ LOCAL_DEFAULTS: dict[str, str] = {
     "spark.sql.files.openCostInBytes": "65536",
     "spark.databricks.delta.snapshotPartitions": "2",
     "spark.sql.sources.parallelPartitionDiscovery.parallelism": "4",
+    # PySpark 4's DataFrame query context: each column function sends its Python call site
+    # to the JVM (about ten extra round trips per call); a run builds its plans from
+    # thousands of them. Off, an analysis error names no Python line, and a warm
+    # incremental sync ran 17.7 -> 14.7 s (tests' data, side by side).
+    "spark.python.sql.dataFrameDebugging.enabled": "false",
 }
 
 
