@@ -53,7 +53,12 @@ def write_config(tmp_path: Path, server: EmulatorServer) -> Path:
 
 
 def sync(
-    config: Path, *, key: str = KEY, crash_at: str | None = None, tz: str = "UTC"
+    config: Path,
+    *,
+    key: str = KEY,
+    crash_at: str | None = None,
+    crash_delay: float | None = None,
+    tz: str = "UTC",
 ) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
@@ -63,8 +68,11 @@ def sync(
         "TZ": tz,  # the machine's zone must not leak into timestamps or cursors
     }
     env.pop("OMETRIA_SPARK_CRASH_AT", None)
+    env.pop("OMETRIA_SPARK_CRASH_DELAY", None)
     if crash_at:
         env["OMETRIA_SPARK_CRASH_AT"] = crash_at
+    if crash_delay is not None:
+        env["OMETRIA_SPARK_CRASH_DELAY"] = str(crash_delay)
     return subprocess.run(
         [sys.executable, str(ROOT / "jobs" / "ometria_sync.py"), "--config", str(config)],
         env=env,
