@@ -174,10 +174,11 @@ def _upsert(
     # rewritten (their __synced_at stays), Delta does not touch the files holding them, and
     # a batch with nothing new (the hourly re-read) commits nothing at all. Kept (a local
     # checkpoint: a plain RDD to the MERGE), so that the check and the MERGE do not each
-    # recompute the source and the join.
-    changes = _changed_rows(table, source, spec, condition).localCheckpoint(eager=True)
+    # recompute the source and the join; the count that looks for changes fills it (one
+    # job for both).
+    changes = _changed_rows(table, source, spec, condition).localCheckpoint(eager=False)
     try:
-        if changes.isEmpty():
+        if changes.count() == 0:
             return done
         # Every matched row of `changes` differs from the table's (the join above), so the
         # update needs no condition of its own; one that compares every column costs the

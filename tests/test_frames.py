@@ -61,7 +61,8 @@ def test_any_difference_fails(
 ) -> None:
     with pytest.raises(DataFramesNotEqualError):
         assert_rows_equal(table, rows, SCHEMA)
-    both(spark, table, rows)
+    if len(rows) != len(ROWS):  # (chispa's Spark sorts cost a second or two: two cases)
+        both(spark, table, rows)
 
 
 def test_maps_compare_by_their_entries(spark: SparkSession) -> None:

@@ -51,7 +51,6 @@ from typing import Any
 
 import yaml
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from ometria_spark.config import Config, load_config
@@ -63,6 +62,7 @@ from ometria_spark.spark import get_spark
 from ometria_spark.tables import KEY_COLUMN, SYNCED_AT, TABLES
 from tests import expected
 from tests.conftest import INTERPRETED
+from tests.frames import typed_rows
 from tests.test_job import FAST_JVM, JVM_FLAGS, ROOT
 from tests.test_sync import ACCOUNT, SOURCE
 
@@ -316,16 +316,17 @@ def compare_table(
     exact: bool = True,
     maybe: frozenset[str] = frozenset(),
 ) -> Check:
-    """The table against the expected rows (without ``__synced_at``), as text per value.
+    """The table against the expected rows (without ``__synced_at``), value by value as
+    Spark types them (``tests.frames.typed_rows``: the expected rows as ``collect`` would
+    give them back, without a trip through the JVM).
 
     ``exact=False`` counts duplicates and unexpected rows only; keys in ``maybe`` (deleted
     profiles) may be there or not."""
     schema = StructType([f for f in TABLES[name].schema.fields if f.name != SYNCED_AT])
-    columns = [F.col(f.name).cast("string").alias(f.name) for f in schema.fields]
     key_at = schema.fieldNames().index(KEY_COLUMN)
     table = spark.read.format("delta").load(config.table_location(name))
-    got_rows = [tuple(r) for r in table.select(*columns).collect()]
-    want_rows = [tuple(r) for r in spark.createDataFrame(want, schema).select(*columns).collect()]
+    got_rows = [tuple(r) for r in table.select(*schema.fieldNames()).collect()]
+    want_rows = [tuple(r) for r in typed_rows(want, schema)]
     got: dict[Any, list[tuple[Any, ...]]] = {}
     for row in got_rows:
         got.setdefault(row[key_at], []).append(row)

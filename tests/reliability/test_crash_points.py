@@ -3,11 +3,12 @@ equals what an uninterrupted sync of the same data writes.
 
 Each killed run is `jobs/ometria_sync.py` in its own process (``OMETRIA_SPARK_CRASH_AT``),
 so the kill loses the JVM, caches and half-done work as a real crash would. The kills are
-chained (each run starts from the wreck the last one left). Two chains, which pytest-xdist
-runs side by side: the first sync into no tables, then (from a clean first sync in this
-process: only its end state matters) a day of changes and the incremental sync. A crash
-point that never fires fails the test (the run would exit 0, not -9), and after each kill
-the landing zone or the Delta log shows where it landed.
+chained (each run starts from the wreck the last one left), in one chain: the first sync
+into no tables, killed at each phase, and a clean run (its own process); then a day of
+changes and the incremental sync, killed at each phase, and a clean run (in this process:
+a fresh run, so one JVM fewer to start). A crash point that never fires fails the test
+(the run would exit 0, not -9), and after each kill the landing zone or the Delta log
+shows where it landed.
 
 Phases: ``creating:T`` (killed by a timer while the table is created), ``extracting:S``
 (2nd page landed, request unfinished), ``landed:S`` (pull landed, not merged),
@@ -240,18 +241,52 @@ def first_exports(exports: Path, ds: Dataset) -> tuple[list[dict[str, Any]], lis
 
 
 @pytest.mark.slow
-def test_the_first_sync_killed_at_every_phase_loses_and_duplicates_nothing(
-    spark: SparkSession, tmp_path: Path, emulator: EmulatorServer
+def test_a_sync_killed_at_every_phase_loses_and_duplicates_nothing(
+    spark: SparkSession, tmp_path: Path, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Chain 1: the first sync, into no tables, killed at each phase, then a clean run."""
+    """One chain: the first sync, into no tables, killed at each phase, then a clean run
+    (its own process, in another time zone); a day of changes; the incremental sync
+    killed at each phase, then a clean run (in this process: a fresh run all the same)."""
     config_path = write_sync_config(tmp_path, emulator)
     config = load_config(config_path)
     ds = emulator.dataset
-    raw, tables = tmp_path / "raw", tmp_path / "t"
-    events, export_paths, bad_file = first_exports(tmp_path / "exports", ds)
+    exports = tmp_path / "exports"
+    events, export_paths, bad_file = first_exports(exports, ds)
+    first_events = list(ds.email_events)
     chain = Chain(config_path)
-    kill_at = chain.kill_at
 
+    kill_the_first_sync(chain, tmp_path)
+    chain.clean_run(tz=LA)
+    assert_everything_loaded_once(
+        spark, config, ds, events=events, export_paths=export_paths, bad_file=bad_file,
+        clean_runs=1,
+    )  # fmt: skip
+
+    ds.advance_day()
+    new_events = ds.email_events[len(first_events) :]
+    known = {json.dumps(e, sort_keys=True) for e in first_events}
+    assert new_events and not any(json.dumps(e, sort_keys=True) in known for e in new_events)
+    # ... and an old event sent again, changed, in a later file: that copy wins.
+    resent = {**first_events[0], "event_id": "ev-resent", "device_type": "watch"}
+    new_events.append(resent)
+    export_paths += write_local(exports / "day2", export_files(new_events, files=2))
+
+    kill_the_incremental_sync(chain, tmp_path)
+    monkeypatch.setenv("OMETRIA_TEST_KEY", KEY)
+    report = run(spark, config, register_names=False)
+    assert {r.stream: r.status for r in report.streams} == dict.fromkeys(STREAMS, "succeeded")
+    assert_everything_loaded_once(
+        spark, config, ds, events=[*events, *new_events], export_paths=export_paths,
+        bad_file=bad_file, clean_runs=2,
+    )  # fmt: skip
+    chain.assert_no_key_anywhere(tmp_path, runs=18)
+
+
+def kill_the_first_sync(chain: Chain, root: Path) -> None:
+    """The first sync, into no tables, killed at each phase of ``profiles`` and of the
+    export files; after each kill the landing zone or the Delta log shows where."""
+    kill_at = chain.kill_at
+    raw, tables = root / "raw", root / "t"
     # Killed while creating its first table (a second into it): whatever it left, the
     # next runs must work (a table folder without a commit is taken as no table).
     kill_at("creating:_sync_state")
@@ -287,40 +322,12 @@ def test_the_first_sync_killed_at_every_phase_loses_and_duplicates_nothing(
     assert commits(tables, "email_events") >= 2
     assert commits(tables, LOADED_FILES_TABLE) == 0
 
-    chain.clean_run(tz=LA)
-    assert_everything_loaded_once(
-        spark, config, ds, events=events, export_paths=export_paths, bad_file=bad_file,
-        clean_runs=1,
-    )  # fmt: skip
-    chain.assert_no_key_anywhere(tmp_path, runs=10)
 
-
-@pytest.mark.slow
-def test_an_incremental_sync_killed_at_every_phase_loses_and_duplicates_nothing(
-    spark: SparkSession, tmp_path: Path, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Chain 2: after a clean first sync (in this process: only its end state matters
-    here), a day of changes, and the incremental sync killed at each phase."""
-    config_path = write_sync_config(tmp_path, emulator)
-    config = load_config(config_path)
-    ds = emulator.dataset
-    raw, tables, exports = tmp_path / "raw", tmp_path / "t", tmp_path / "exports"
-    events, export_paths, bad_file = first_exports(exports, ds)
-    first_events = list(ds.email_events)
-    monkeypatch.setenv("OMETRIA_TEST_KEY", KEY)
-    assert run(spark, config, register_names=False).ok
-    chain = Chain(config_path)
+def kill_the_incremental_sync(chain: Chain, root: Path) -> None:
+    """The next day's sync killed at each phase of ``member_lists`` (whose pull starts
+    early, from the cursors the last merge noted) and of the new export files."""
     kill_at = chain.kill_at
-
-    ds.advance_day()
-    new_events = ds.email_events[len(first_events) :]
-    known = {json.dumps(e, sort_keys=True) for e in first_events}
-    assert new_events and not any(json.dumps(e, sort_keys=True) in known for e in new_events)
-    # ... and an old event sent again, changed, in a later file: that copy wins.
-    resent = {**first_events[0], "event_id": "ev-resent", "device_type": "watch"}
-    new_events.append(resent)
-    export_paths += write_local(exports / "day2", export_files(new_events, files=2))
-
+    raw, tables = root / "raw", root / "t"
     kill_at("extracting:member_lists#2")  # in the pull started early, from the noted cursors
     *_, m1 = pulls(raw, "member_lists")
     done, planned = requests_done(m1)
@@ -352,13 +359,6 @@ def test_an_incremental_sync_killed_at_every_phase_loses_and_duplicates_nothing(
     before = commits(tables, LOADED_FILES_TABLE)
     kill_at("after:email_events", tz=LA)
     assert commits(tables, LOADED_FILES_TABLE) == before + 1
-
-    chain.clean_run(tz="UTC")
-    assert_everything_loaded_once(
-        spark, config, ds, events=[*events, *new_events], export_paths=export_paths,
-        bad_file=bad_file, clean_runs=2,
-    )  # fmt: skip
-    chain.assert_no_key_anywhere(tmp_path, runs=9)
 
 
 def test_the_crash_hook_is_none_unless_named_and_refuses_an_unknown_phase() -> None:
