@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import types
 import typing
 from collections.abc import Mapping
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+log = logging.getLogger(__name__)
 
 
 def all_streams() -> tuple[str, ...]:
@@ -73,7 +76,9 @@ class SyncConfig:
     start_date: str = "2015-01-01T00:00:00"
     lookback_minutes: int = 60
     unsubscribes_window_days: int = 30
-    lock_timeout_minutes: int = 360
+    # The run lock's lease: renewed every third of it while a run works; a killed run
+    # blocks the next one for at most this long.
+    lock_lease_seconds: int = 300
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,10 @@ REQUIRED: tuple[str, ...] = ("account_id", "source_id", "storage.raw_path")
 # Keys that hold a date or a time: YAML's unquoted dates and datetimes are accepted as well
 # as text; a date is its midnight UTC, a time without an offset is UTC.
 INSTANT_KEYS: frozenset[str] = frozenset({"sync.start_date"})
+# Keys of earlier versions that a config may still hold: accepted, ignored, warned about.
+RETIRED_KEYS: dict[str, str] = {
+    "sync.lock_timeout_minutes": "the run lock is a lease now (sync.lock_lease_seconds)",
+}
 INSTANT_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
 
@@ -205,8 +214,8 @@ def _check_values(config: Config) -> None:
         raise ConfigError("api.max_retry_wait_seconds: must be >= 0")
     if config.sync.lookback_minutes < 0:
         raise ConfigError("sync.lookback_minutes: must be >= 0")
-    if config.sync.lock_timeout_minutes < 1:
-        raise ConfigError("sync.lock_timeout_minutes: must be >= 1")
+    if config.sync.lock_lease_seconds < 3:
+        raise ConfigError("sync.lock_lease_seconds: must be >= 3")
     if config.sync.unsubscribes_window_days < 1:
         raise ConfigError("sync.unsubscribes_window_days: must be >= 1")
     if "email_events" in config.sync.streams and not config.exports.email_events_path:
@@ -259,6 +268,7 @@ def _build(cls: type[Any], data: Any, prefix: str) -> Any:
         raise ConfigError(f"{prefix.rstrip('.') or '<top>'}: expected a mapping of keys")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    data = {k: v for k, v in data.items() if not _retired(f"{prefix}{k}")}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
@@ -284,6 +294,14 @@ def _build(cls: type[Any], data: Any, prefix: str) -> Any:
     if missing:
         raise ConfigError(f"{prefix}{missing[0]}: required key is missing")
     return cls(**values)
+
+
+def _retired(key: str) -> bool:
+    """True (with a warning) for a key an earlier version read and this one ignores."""
+    if key not in RETIRED_KEYS:
+        return False
+    log.warning("%s: no longer used, ignored: %s", key, RETIRED_KEYS[key])
+    return True
 
 
 def _coerce(key: str, hint: Any, value: Any) -> Any:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime
 
@@ -165,8 +166,11 @@ class StateStore:
         *,
         register_names: bool = True,
         on_phase: PhaseHook = no_hook,
+        guard: Callable[[], None] = lambda: None,
     ) -> None:
         self.spark = spark
+        # Called before each cursor commit: raises when this run no longer holds the lock.
+        self.guard = guard
         self.config = config
         self.register_names = register_names
         self.on_phase = on_phase
@@ -225,6 +229,7 @@ class StateStore:
         rewrite (about half the time on a cold JVM, measured)."""
         if not cursors:
             return
+        self.guard()
         rows = dict(self._state())
         now = datetime.now().astimezone()
         for scope, value in cursors.items():
@@ -239,6 +244,7 @@ class StateStore:
 
     def reset(self, stream: str) -> None:
         """Forget a stream's cursors (``--full-refresh``)."""
+        self.guard()
         table = self._table(self.state_ref, STATE_SCHEMA)
         table.delete(F.col("stream") == stream)
         if self._rows is not None:

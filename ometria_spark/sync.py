@@ -89,7 +89,7 @@ def run(
     )
     lock = RunLock(landing.root, landing.storage)
     try:
-        lock.acquire(report.run_id, config.sync.lock_timeout_minutes)
+        lock.acquire(report.run_id, config.sync.lock_lease_seconds)
     except SyncLockedError as exc:
         log.error("%s", exc)
         for stream in selected:
@@ -100,7 +100,8 @@ def run(
         return report
     try:
         with run_settings(spark):
-            state = StateStore(spark, config, register_names=register_names, on_phase=on_phase)
+            state = StateStore(spark, config, register_names=register_names, on_phase=on_phase,
+                               guard=lock.check)  # fmt: skip
             one_run = _Run(spark, config, state, landing, report, full_refresh=full_refresh,
                            started=started, on_page=on_page, on_phase=on_phase)  # fmt: skip
             one_run.streams(selected)

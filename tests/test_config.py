@@ -65,6 +65,7 @@ def test_overrides_use_dotted_keys(tmp_path: Path) -> None:
         (MINIMAL.replace("[profiles, lists]", "[email_events]"), "exports.email_events_path"),
         (MINIMAL + "storage2: {}\n", "storage2: unknown key"),
         (MINIMAL.replace("sync:\n", "sync:\n  start_date: soon\n"), "sync.start_date: not a date"),
+        (MINIMAL.replace("sync:\n", "sync:\n  lock_lease_seconds: 1\n"), "lease_seconds: must"),
         ("- a\n- b\n", "the top level must be a mapping"),
     ],
 )
@@ -115,3 +116,17 @@ def test_one_bucket_cannot_have_two_endpoints(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"storage\.raw_path: bucket shared is also in exports"):
         load_config(write(tmp_path, text))
+
+
+def test_a_retired_key_is_ignored_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A config written for an earlier version still loads: ``sync.lock_timeout_minutes``
+    (the lock is a lease now) is ignored and named in a warning."""
+    text = MINIMAL.replace("sync:\n", "sync:\n  lock_timeout_minutes: 360\n")
+    config = load_config(write(tmp_path, text))
+    assert config.sync.lock_lease_seconds == 300
+    assert [r.getMessage() for r in caplog.records] == [
+        "sync.lock_timeout_minutes: no longer used, ignored: the run lock is a lease now "
+        "(sync.lock_lease_seconds)"
+    ]

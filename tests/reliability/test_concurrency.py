@@ -60,7 +60,7 @@ def test_a_run_while_another_holds_the_lock_refuses_and_touches_nothing(
     config = load_config(config_path)
     landing = Landing(config.storage.raw_path, storage_for(config.storage.raw_path))
     holder = RunLock(landing.root, landing.storage)
-    holder.acquire("a-long-run", config.sync.lock_timeout_minutes)
+    holder.acquire("a-long-run", config.sync.lock_lease_seconds)
 
     refused = sync(config_path)
     assert_no_secret(refused.stdout, refused.stderr)
