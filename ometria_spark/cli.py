@@ -1,8 +1,11 @@
-"""Command line: ``ometria-sync --config FILE [--streams a,b] [--full-refresh]``.
+"""Command line: ``ometria-sync [sync] --config FILE [--streams a,b] [--full-refresh]``,
+``ometria-sync maintain --config FILE`` and ``ometria-sync erase --config FILE (--email A |
+--profile-id ID)...``.
 
 Used by ``jobs/ometria_sync.py`` (spark-submit) and as the console entry point of the
-wheel (Databricks ``python_wheel_task``). Exit status: 0 when every stream succeeded, 1 when
-any stream failed (the others still ran and committed), 2 for bad arguments or config.
+wheel (Databricks ``python_wheel_task``). Exit status: 0 when every stream (table) succeeded,
+1 when any failed (the others still ran and committed) or the run lock refused, 2 for bad
+arguments or config.
 """
 
 from __future__ import annotations
@@ -14,10 +17,16 @@ import signal
 import sys
 import threading
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from ometria_spark.config import ConfigError, all_streams, load_config
+from ometria_spark.config import Config, ConfigError, all_streams, load_config
 from ometria_spark.phases import PhaseHook, no_hook, phase_of
 from ometria_spark.state import RunRecord
+
+if TYPE_CHECKING:  # (pyspark is imported late: config errors answer without a JVM)
+    from pyspark.sql import SparkSession
+
+    from ometria_spark.maintain import Upkeep
 
 log = logging.getLogger("ometria_spark")
 
@@ -79,17 +88,30 @@ def crash_hook_from_env(environ: Mapping[str, str]) -> PhaseHook:
     return hook
 
 
+COMMANDS = ("sync", "maintain", "erase")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="ometria-sync", description=__doc__.splitlines()[0])
+    """The command (first word, default ``sync``) and its options."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = words.pop(0) if words and words[0] in COMMANDS else "sync"
+    parser = argparse.ArgumentParser(
+        prog=f"ometria-sync {command}", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--config", required=True, help="YAML config file (see conf/example.yaml)")
-    parser.add_argument(
-        "--streams", help=f"comma-separated subset of: {', '.join(all_streams())} (default: config)"
-    )
-    parser.add_argument(
-        "--full-refresh",
-        action="store_true",
-        help="ignore cursors and loaded-file records: re-read everything (rows are upserted)",
-    )
+    if command == "sync":
+        parser.add_argument(
+            "--streams",
+            help=f"comma-separated subset of: {', '.join(all_streams())} (default: config)",
+        )
+        parser.add_argument(
+            "--full-refresh",
+            action="store_true",
+            help="ignore cursors and loaded-file records: re-read everything (rows are upserted)",
+        )
+    if command == "erase":
+        parser.add_argument("--email", action="append", default=[], help="erase this address")
+        parser.add_argument("--profile-id", action="append", default=[], help="erase this id")
     parser.add_argument(
         "--set",
         action="append",
@@ -98,7 +120,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="override a config key, e.g. --set api.base_url=http://127.0.0.1:8080/v2",
     )
     parser.add_argument("--log-level", default="INFO", help="Python log level (default INFO)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(words)
+    args.command = command
+    if command == "erase" and not (args.email or args.profile_id):
+        parser.error("give at least one --email or --profile-id")
+    return args
 
 
 def summary(records: list[RunRecord]) -> str:
@@ -146,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"ometria-sync: --set takes KEY=VALUE, got {item!r}", file=sys.stderr)
             return 2
         overrides[key.strip()] = value
-    if args.streams:
+    if getattr(args, "streams", None):
         overrides["sync.streams"] = args.streams
     try:
         config = load_config(args.config, overrides)
@@ -172,6 +198,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as exc:  # no Delta in a reused session, jars not fetched
         print(f"ometria-sync: {exc}", file=sys.stderr)
         return 2
+
+    if args.command == "maintain":
+        return run_maintain(spark, config)
+    if args.command == "erase":
+        return run_erase(spark, config, args.email, args.profile_id)
 
     # This process's session ends with it: names in an in-memory catalog would die unseen.
     lasting_catalog = spark.conf.get("spark.sql.catalogImplementation", "in-memory") != "in-memory"
@@ -202,4 +233,46 @@ def exit_status(records: list[RunRecord]) -> int:
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+def run_maintain(spark: SparkSession, config: Config) -> int:
+    from ometria_spark.maintain import maintain
+    from ometria_spark.maintain import summary as upkeep_summary
+
+    done = maintain(spark, config)
+    print(upkeep_summary(done))
+    return maintain_status(done)
+
+
+def maintain_status(done: list[Upkeep]) -> int:
+    """0 unless a table's upkeep failed (absent tables are fine)."""
+    failed = [u for u in done if u.status == "failed"]
+    if failed:
+        print(f"ometria-sync: upkeep failed for {', '.join(u.table for u in failed)}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
+def run_erase(spark: SparkSession, config: Config, emails: list[str], ids: list[str]) -> int:
+    """Erase and print what went (counts only: an identifier is never printed)."""
+    from ometria_spark.erase import erase
+    from ometria_spark.errors import one_line
+    from ometria_spark.lock import SyncLockedError
+
+    try:
+        result = erase(spark, config, emails, ids)
+    except SyncLockedError as exc:
+        print(f"ometria-sync: refused to run: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        print(f"ometria-sync: erase failed: {one_line(exc, '')}", file=sys.stderr)
+        return 1
+    print(f"erasure {result.erasure_id}: {len(emails)} email(s), {len(ids)} profile id(s)")
+    for table, rows in result.rows_removed.items():
+        vacuumed = result.files_vacuumed.get(table, 0)
+        print(f"{table:<15}{rows:>8} rows removed{vacuumed:>8} files vacuumed")
+    print(f"raw pages: {result.page_records_removed} records removed from "
+          f"{result.pages_rewritten} pages")  # fmt: skip
     return 0

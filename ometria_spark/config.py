@@ -67,6 +67,9 @@ class StorageConfig:
     # to the buckets of raw_path and tables_path, as exports.s3_endpoint is to the exports'.
     s3_endpoint: str | None = None
     s3_region: str = "us-east-1"
+    # Merged pulls (raw pages) older than this many days are deleted by the run; unmerged
+    # pulls never are. None keeps every pull.
+    raw_retention_days: int | None = 7
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,15 @@ class SyncConfig:
 
 
 @dataclass(frozen=True)
+class MaintenanceConfig:
+    # VACUUM of `maintain`: files no version younger than this needs are deleted (Delta's
+    # default, 7 days; less needs Delta's retention check off, which the call sets).
+    vacuum_retention_hours: float = 168.0
+    # VACUUM of `erase`: 0 deletes the erased rows' files at once (and older versions).
+    erase_retention_hours: float = 0.0
+
+
+@dataclass(frozen=True)
 class Config:
     account_id: str
     source_id: str
@@ -89,6 +101,7 @@ class Config:
     exports: ExportsConfig = field(default_factory=ExportsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
 
     def table_location(self, table: str) -> str:
         """The path (path mode) or the qualified name (managed mode) of a table."""
@@ -214,6 +227,11 @@ def _check_values(config: Config) -> None:
         raise ConfigError("api.max_retry_wait_seconds: must be >= 0")
     if config.sync.lookback_minutes < 0:
         raise ConfigError("sync.lookback_minutes: must be >= 0")
+    if config.storage.raw_retention_days is not None and config.storage.raw_retention_days < 0:
+        raise ConfigError("storage.raw_retention_days: must be >= 0 (or null: keep every pull)")
+    for key in ("vacuum_retention_hours", "erase_retention_hours"):
+        if getattr(config.maintenance, key) < 0:
+            raise ConfigError(f"maintenance.{key}: must be >= 0")
     if config.sync.lock_lease_seconds < 3:
         raise ConfigError("sync.lock_lease_seconds: must be >= 3")
     if config.sync.unsubscribes_window_days < 1:

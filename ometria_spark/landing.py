@@ -12,6 +12,7 @@ Layout under ``storage.raw_path``::
     {stream}/{run_id}/_resumed              half landed by a run that died (see spans_runs)
     {stream}/_last_merged.json              run id, digests and cursors of the newest merge,
                                             and the table version it left
+    {stream}/_open/, _done/, _indexed       the index of pulls (``pull_index``)
     _paging.json                            what was learned of the API's paging (caps)
 
 A page file is written whole or not at all (local: write then rename; S3: one PUT), so a
@@ -29,15 +30,22 @@ merge and the job skips its Spark work.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
+from ometria_spark.pull_index import (
+    ABANDONED_MARKER,
+    MERGED_MARKER,
+    PLAN_FILE,
+    PullIndex,
+)
 from ometria_spark.storage import Storage, local_root
 
-PLAN_FILE = "_plan.json"
-MERGED_MARKER = "_merged"
-ABANDONED_MARKER = "_abandoned"
+log = logging.getLogger(__name__)
+
 RESUMED_MARKER = "_resumed"
 DIGESTS_FILE = "_digests.json"
 LAST_MERGED_FILE = "_last_merged.json"
@@ -121,26 +129,38 @@ class Landing:
         # Read once per run: a run holds the lock, so only this object writes them.
         self._last: dict[str, dict[str, Any] | None] = {}
         self._digests: dict[str, set[str] | None] = {}
+        self.index = PullIndex(self.root, storage)
 
     def folder(self, stream: str, run_id: str) -> str:
         return f"{self.root}/{stream}/{run_id}"
 
     def save_plan(self, plan: Plan) -> None:
+        self.index.opened(plan.stream, plan.run_id)
         self.storage.write_text(
             f"{self.folder(plan.stream, plan.run_id)}/{PLAN_FILE}", plan.to_json()
         )
 
     def unmerged_plans(self, stream: str) -> list[Plan]:
-        """Pulls of this stream that were started but never merged, oldest first."""
-        plans = []
-        for run_id in self.storage.list_names(f"{self.root}/{stream}"):
-            if run_id.startswith("_"):  # the stream's own files, not a pull
-                continue
-            folder = self.folder(stream, run_id)
-            names = self.storage.list_names(folder)
-            if PLAN_FILE in names and not {MERGED_MARKER, ABANDONED_MARKER} & set(names):
-                plans.append(Plan.from_json(self.storage.read_text(f"{folder}/{PLAN_FILE}")))
-        return plans
+        """Pulls of this stream that were started but never merged, oldest first (read from
+        the index: no listing of every pull ever landed)."""
+        return [
+            Plan.from_json(self.storage.read_text(f"{self.folder(stream, run_id)}/{PLAN_FILE}"))
+            for run_id in self.index.open_runs(stream)
+        ]
+
+    def prune(self, streams: list[str], now: datetime, retention_days: int | None) -> None:
+        """Raw-page retention: delete the streams' merged pulls older than ``retention_days``
+        (never an unmerged or set-aside one; None keeps every pull). Failures are logged."""
+        if retention_days is None:
+            return
+        for stream in streams:
+            try:
+                pruned = self.index.prune(stream, now - timedelta(days=retention_days))
+            except Exception as exc:  # the next run tries again
+                log.warning("%s: could not delete old raw pages: %s", stream, exc)
+            else:
+                if pruned:
+                    log.info("%s: deleted %d merged pulls past retention", stream, pruned)
 
     def write_page(self, plan: Plan, request_index: int, page: dict[str, Any]) -> None:
         """Land one page; ``page["page"]`` is its number within the request."""
@@ -186,6 +206,7 @@ class Landing:
     def mark_merged(self, plan: Plan) -> None:
         """Record the pull as merged: no later run resumes it."""
         self.storage.write_text(f"{self.folder(plan.stream, plan.run_id)}/{MERGED_MARKER}", "")
+        self.index.merged(plan.stream, plan.run_id)
 
     def save_digests(self, plan: Plan, digests: list[str]) -> None:
         folder = self.folder(plan.stream, plan.run_id)
@@ -234,6 +255,7 @@ class Landing:
     def abandon(self, stream: str, run_id: str) -> None:
         """Set a landed pull aside for good: never merged, never resumed."""
         self.storage.write_text(f"{self.folder(stream, run_id)}/{ABANDONED_MARKER}", "")
+        self.index.set_aside(stream, run_id)
 
     def progress(self, plan: Plan) -> tuple[set[int], dict[int, list[str]]]:
         """(indexes of finished requests, {request index: its landed page names, in fetch

@@ -37,6 +37,7 @@ STATE_TABLE = "_sync_state"
 RUNS_TABLE = "_sync_runs"
 QUARANTINE_TABLE = "_quarantine"
 LOADED_FILES_TABLE = "_loaded_files"
+ERASURES_TABLE = "_erasures"
 
 STATE_SCHEMA = StructType(
     [
@@ -59,6 +60,12 @@ QUARANTINE_SCHEMA = StructType(
         StructField("quarantined_at", TimestampType()),
     ]
 )
+
+# Statistics on these columns only: min/max of ``raw`` (its first 32 characters) would put
+# personal data in the Delta log, where an erasure cannot reach it (see ``erase``).
+QUARANTINE_PROPERTIES = {
+    "delta.dataSkippingStatsColumns": "quarantine_id,stream,run_id,quarantined_at"
+}
 
 log = logging.getLogger(__name__)
 
@@ -190,11 +197,13 @@ class StateStore:
             self._refs[table] = replace(ref, on_phase=self.on_phase)
         return self._refs[table]
 
-    def _table(self, ref: TableRef, schema: StructType) -> DeltaTable:
+    def _table(
+        self, ref: TableRef, schema: StructType, properties: dict[str, str] | None = None
+    ) -> DeltaTable:
         """The table, created on first use (checked once per store, not per call)."""
         if ref.location in self._ready:
             return open_table(self.spark, ref)
-        table = create_if_absent(self.spark, ref, schema)
+        table = create_if_absent(self.spark, ref, schema, properties=properties)
         self._ready.add(ref.location)
         return table
 
@@ -274,7 +283,7 @@ class StateStore:
         """Add rows with ``_source_file``, ``_source`` (the endpoint or export file the
         record came from; its identity with the reason and text), ``_problem`` and ``_raw``;
         returns how many distinct items were given (the same record again adds no row)."""
-        table = self._table(self.quarantine_ref, QUARANTINE_SCHEMA)
+        table = self._table(self.quarantine_ref, QUARANTINE_SCHEMA, QUARANTINE_PROPERTIES)
         given = [F.col(c) for c in ("_source", "_source_file") if c in rows.columns]
         source = F.coalesce(*given, F.lit(""))
         prepared = (

@@ -21,7 +21,7 @@ class Storage(Protocol):
     def read_text(self, path: str) -> str: ...
     def create_exclusive(self, path: str, text: str) -> bool: ...
     def delete(self, path: str) -> None: ...
-    def list_names(self, folder: str) -> list[str]: ...
+    def list_names(self, folder: str, stop_at: str | None = None) -> list[str]: ...
     def list_tree(self, folder: str) -> list[str]: ...
     def remove_tree(self, folder: str) -> bool: ...
     def spark_path(self, path: str) -> str: ...
@@ -60,11 +60,13 @@ class LocalStorage:
     def delete(self, path: str) -> None:
         Path(path).unlink(missing_ok=True)
 
-    def list_names(self, folder: str) -> list[str]:
+    def list_names(self, folder: str, stop_at: str | None = None) -> list[str]:
+        """The names in ``folder``, sorted; with ``stop_at``, only those before it."""
         base = Path(folder)
         if not base.is_dir():
             return []
-        return sorted(p.name for p in base.iterdir() if not p.name.startswith(".tmp-"))
+        names = sorted(p.name for p in base.iterdir() if not p.name.startswith(".tmp-"))
+        return names if stop_at is None else [n for n in names if n < stop_at]
 
     def list_tree(self, folder: str) -> list[str]:
         """Every file below ``folder``, as paths relative to it."""
@@ -130,7 +132,9 @@ class S3Storage:
         bucket, key = self._split(path)
         self._client.delete_object(Bucket=bucket, Key=key)
 
-    def list_names(self, folder: str) -> list[str]:
+    def list_names(self, folder: str, stop_at: str | None = None) -> list[str]:
+        """The names in ``folder``, sorted; with ``stop_at``, only those before it, and no
+        page of the listing is requested past it (S3 lists in key order)."""
         bucket, key = self._split(folder.rstrip("/") + "/")
         names: set[str] = set()
         paginator = self._client.get_paginator("list_objects_v2")
@@ -139,7 +143,10 @@ class S3Storage:
             names.update(
                 p["Prefix"][len(key) :].rstrip("/") for p in page.get("CommonPrefixes", [])
             )
-        return sorted(names)
+            if stop_at is not None and any(n >= stop_at for n in names):
+                break
+        ordered = sorted(names)
+        return ordered if stop_at is None else [n for n in ordered if n < stop_at]
 
     def list_tree(self, folder: str) -> list[str]:
         bucket, key = self._split(folder.rstrip("/") + "/")
@@ -151,9 +158,11 @@ class S3Storage:
         )
 
     def remove_tree(self, folder: str) -> bool:
+        bucket, key = self._split(folder.rstrip("/") + "/")
         names = self.list_tree(folder)
-        for name in names:
-            self.delete(f"{folder.rstrip('/')}/{name}")
+        for start in range(0, len(names), 1000):  # one request per 1,000 objects
+            objects = [{"Key": key + name} for name in names[start : start + 1000]]
+            self._client.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
         return bool(names)
 
     def spark_path(self, path: str) -> str:

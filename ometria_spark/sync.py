@@ -171,6 +171,7 @@ class _Run:
                 self._load(stream, api)
         if self.client is not None:
             self.client.close()
+        self.landing.prune(api, self.started, self.config.storage.raw_retention_days)
         try:
             self.state.record_runs(self.report.streams)
         except Exception as exc:  # the run records must not hide the streams' outcome

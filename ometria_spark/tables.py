@@ -90,12 +90,14 @@ class TableSpec:
           every file that holds one (a 1% update touches every file of a large table).
           Readers must support them: Delta Lake 2.3+, Databricks Runtime 12.2+ (not the
           delta-rs `deltalake` package as of 1.6).
-        - Statistics only on the key and the time and date columns:
+        - Statistics only on the key and the time columns:
           min/max of ~20 free-text columns cost about a third of the write, and no MERGE
           or likely query can skip files by them; the time columns do prune (email events
-          are clustered by ``event_at``, which needs its statistics).
+          are clustered by ``event_at``, which needs its statistics). None on a column
+          that names or describes a person (email, ids, ``date_of_birth``): statistics
+          stay in the Delta log after the rows are erased (``erase``).
         """
-        times = (c.name for c in self.columns if isinstance(c.type, TimestampType | DateType))
+        times = (c.name for c in self.columns if isinstance(c.type, TimestampType))
         stats = [KEY_COLUMN, *times]
         return {**DATA_TABLE_PROPERTIES, "delta.dataSkippingStatsColumns": ",".join(stats)}
 

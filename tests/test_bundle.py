@@ -162,6 +162,34 @@ def test_hourly_schedule_paused_in_dev_running_in_prod(
     assert effective_pause_status(bundle, job, "prod") == "UNPAUSED"
 
 
+MAINTENANCE_FILE = ROOT / "resources" / "ometria_maintenance.job.yml"
+
+
+def test_the_daily_maintenance_job_runs_maintain_on_the_syncs_wheel_and_config(
+    bundle: dict[str, Any], job: dict[str, Any], task: dict[str, Any]
+) -> None:
+    included = [p for pattern in bundle["include"] for p in ROOT.glob(pattern)]
+    assert MAINTENANCE_FILE in included
+    ((name, upkeep),) = load(MAINTENANCE_FILE)["resources"]["jobs"].items()
+    assert name == "ometria_maintenance"
+    (upkeep_task,) = upkeep["tasks"]
+    wheel_task = upkeep_task["python_wheel_task"]
+    params = wheel_task["parameters"]
+    assert params == ["maintain", *task["python_wheel_task"]["parameters"]]
+    assert cli.parse_args(params).command == "maintain"
+    assert (wheel_task["package_name"], wheel_task["entry_point"]) == (
+        task["python_wheel_task"]["package_name"], task["python_wheel_task"]["entry_point"],
+    )  # fmt: skip
+    assert upkeep_task["libraries"] == task["libraries"]
+    clusters = {c["job_cluster_key"]: c["new_cluster"] for c in upkeep["job_clusters"]}
+    assert clusters[upkeep_task["job_cluster_key"]] == job["job_clusters"][0]["new_cluster"]
+    # Daily at 03:30 UTC; paused in dev, running in prod.
+    assert upkeep["schedule"]["quartz_cron_expression"].split() == ["0", "30", "3", "*", "*", "?"]
+    for target, status in (("dev", "PAUSED"), ("prod", "UNPAUSED")):
+        jobs = bundle["targets"][target]["resources"]["jobs"]
+        assert jobs["ometria_maintenance"]["schedule"]["pause_status"] == status
+
+
 def walk(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
     """Every (dotted key, scalar value) of a parsed YAML document."""
     if isinstance(node, dict):
@@ -176,7 +204,12 @@ def walk(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
 
 @pytest.mark.parametrize(
     "path",
-    [BUNDLE, JOB_FILE, ROOT / "conf" / "databricks.yaml"],
+    [
+        BUNDLE,
+        JOB_FILE,
+        ROOT / "resources" / "ometria_maintenance.job.yml",
+        ROOT / "conf" / "databricks.yaml",
+    ],
     ids=lambda p: p.relative_to(ROOT).as_posix(),
 )
 def test_no_secret_values(path: Path) -> None:

@@ -59,7 +59,7 @@ def test_notebook_executes_on_demo_warehouse(spark: SparkSession, tmp_path: Path
     status = demo.main(
         [
             "--profiles",
-            "300",
+            "100",
             "--dir",
             str(tmp_path / "data"),
             "--warehouse",

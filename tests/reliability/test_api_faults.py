@@ -14,7 +14,6 @@ the failing cases to seconds.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,31 +70,32 @@ CASES = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def synced(
-    spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[EmulatorServer, Config, Path]]:
-    """An emulated account and a warehouse holding its first full sync."""
-    root = tmp_path_factory.mktemp("faults")
+@pytest.mark.slow  # one test, so that the first sync it starts from is made once
+def test_fault_storms_fail_only_their_stream_and_reruns_complete(
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An emulated account and a warehouse holding its first full sync; then, case after
+    case (a day later each), a storm that fails one stream, and a clean rerun."""
     dataset = Dataset.generate(seed=21, profiles=300, lists=2)
-    with (
-        pytest.MonkeyPatch.context() as mp,
-        EmulatorServer(dataset, api_key=KEY) as server,
-    ):
-        mp.setenv("OMETRIA_TEST_KEY", KEY)
+    monkeypatch.setenv("OMETRIA_TEST_KEY", KEY)
+    with EmulatorServer(dataset, api_key=KEY) as server:
         server.slow_seconds = 3.0
-        config = make_config(root, server, page_size=5, max_attempts=ATTEMPTS, timeout_seconds=1.5)
+        config = make_config(
+            tmp_path, server, page_size=5, max_attempts=ATTEMPTS, timeout_seconds=1.5
+        )
         first = run(spark, config)
         assert first.ok, errors(first)
         assert_tables_match(spark, config, dataset)
-        yield server, config, root
+        for case in CASES:
+            try:
+                storm_then_rerun(spark, server, config, tmp_path, case)
+            except AssertionError as exc:
+                raise AssertionError(f"case {case.name}: {exc}") from exc
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_a_fault_storm_fails_only_its_stream_and_a_rerun_completes(
-    spark: SparkSession, synced: tuple[EmulatorServer, Config, Path], case: Case
+def storm_then_rerun(
+    spark: SparkSession, server: EmulatorServer, config: Config, root: Path, case: Case
 ) -> None:
-    server, config, root = synced
     ds = server.dataset
     before = {name: build(ds, SOURCE, ACCOUNT) for name, build in expected.BUILDERS.items()}
     committed = cursors(spark, config)

@@ -87,8 +87,9 @@ def write_sync_config(tmp_path: Path, server: EmulatorServer) -> Path:
 
 
 def pulls(raw: Path, stream: str) -> list[Path]:
-    """The stream's pulls, oldest first (run ids sort by start time)."""
-    return sorted(p for p in (raw / stream).iterdir() if p.is_dir())
+    """The stream's pulls, oldest first (run ids sort by start time; the index folders
+    ``_open``/``_done`` are not pulls)."""
+    return sorted(p for p in (raw / stream).iterdir() if p.is_dir() and p.name[0] != "_")
 
 
 def pages(pull: Path) -> list[str]:

@@ -11,7 +11,7 @@ offsets updated meanwhile, so a cursor moved to it skipped those for good.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -45,7 +45,8 @@ def test_a_pull_resumed_a_day_later_skips_no_change(
     # request not marked done (what the crash point `extracting:profiles` leaves).
     with OmetriaClient(emulator.url, KEY, page_size=100) as client:
         plan = make_plan(
-            "profiles", run_id="20260101T000000Z-killed01", client=client, page_size=100,
+            "profiles", run_id=f"{datetime.now(UTC) - timedelta(days=1):%Y%m%dT%H%M%SZ}-killed01",
+            client=client, page_size=100,
             cursors={}, lookback_minutes=config.sync.lookback_minutes,
             start_date=config.sync.start_date, window_days=30, now=datetime.now(UTC),
         )  # fmt: skip
