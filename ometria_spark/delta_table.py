@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+from delta.exceptions import DeltaConcurrentModificationException
 from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException
 from pyspark.sql import SparkSession
@@ -18,6 +21,51 @@ from ometria_spark.phases import PhaseHook, no_hook, phase_name
 from ometria_spark.storage import LocalStorage, Storage, local_root
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Delta's optimistic-concurrency conflicts, by Java class name: depending on the call path
+# PySpark hands them over converted or as a raw Py4JJavaError.
+_CONFLICTS = (
+    "io.delta.exceptions.Concurrent",
+    "io.delta.exceptions.DeltaConcurrentModificationException",
+    "io.delta.exceptions.MetadataChangedException",
+    "io.delta.exceptions.ProtocolChangedException",
+)
+
+
+# The same, as Python exception class names (delta.exceptions: captured on a classic
+# session, its base classes elsewhere) and as Spark error conditions (Spark Connect).
+_CONFLICT_NAMES = frozenset(name.rsplit(".", 1)[-1] for name in _CONFLICTS[1:])
+_CONFLICT_CONDITIONS = ("DELTA_CONCURRENT_", "DELTA_METADATA_CHANGED", "DELTA_PROTOCOL_CHANGED")
+
+
+def is_write_conflict(exc: BaseException) -> bool:
+    """True when a Delta commit lost a race with another writer (safe to retry)."""
+    if isinstance(exc, DeltaConcurrentModificationException):
+        return True
+    name = type(exc).__name__
+    if name.startswith("Concurrent") or name in _CONFLICT_NAMES:
+        return True
+    condition = getattr(exc, "getCondition", lambda: None)()
+    if isinstance(condition, str) and condition.startswith(_CONFLICT_CONDITIONS):
+        return True
+    java = getattr(exc, "java_exception", None)
+    return java is not None and str(java.toString()).startswith(_CONFLICTS)
+
+
+def retry_on_conflict(what: str, write: Callable[[], T], attempts: int = 3) -> T:
+    """``write()``, again (up to ``attempts`` times in all) while its Delta commit loses a
+    race with another writer: a concurrent ``maintain`` (OPTIMIZE) or a user's own job. For
+    writes that are idempotent or recomputed from the caller's state on each call."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return write()
+        except Exception as exc:
+            if attempt == attempts or not is_write_conflict(exc):
+                raise
+            log.warning("%s: concurrent write (%s); retrying", what, type(exc).__name__)
+            time.sleep(attempt)
+    raise AssertionError("unreachable")
 
 
 @dataclass

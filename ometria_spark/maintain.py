@@ -6,10 +6,11 @@ is written over by every cursor commit and ``_sync_runs`` gains a file a run. OP
 rewrites them into few files in one commit (rows unchanged); VACUUM then deletes the files
 no version younger than ``maintenance.vacuum_retention_hours`` still needs.
 
-No run lock is taken: Delta orders OPTIMIZE and a sync's commits (a MERGE that loses a
-race with OPTIMIZE is retried by ``writer.merge_into``; an OPTIMIZE that loses is reported
-and tried again by the next upkeep), and VACUUM with a retention of days never deletes a
-file a running sync reads.
+No run lock is taken: Delta orders OPTIMIZE and a sync's commits (a sync's write that
+loses a race with OPTIMIZE is retried: ``writer.merge_into`` for the data tables,
+``delta_table.retry_on_conflict`` for cursors, quarantine and loaded files; an OPTIMIZE
+that loses is reported and tried again by the next upkeep), and VACUUM with a retention of
+days never deletes a file a running sync reads.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from pyspark.sql.types import (
 )
 
 from ometria_spark.config import Config
-from ometria_spark.delta_table import TableRef, create_if_absent, open_table
+from ometria_spark.delta_table import TableRef, create_if_absent, open_table, retry_on_conflict
 from ometria_spark.phases import PhaseHook, no_hook
 from ometria_spark.storage import storage_for
 
@@ -246,16 +246,16 @@ class StateStore:
         frame = self.spark.createDataFrame(list(rows.values()), STATE_SCHEMA)
         writer = frame.write.format("delta").mode("overwrite")
         if self.state_ref.is_path:
-            writer.save(self.state_ref.location)
+            retry_on_conflict(STATE_TABLE, lambda: writer.save(self.state_ref.location))
         else:
-            writer.saveAsTable(self.state_ref.location)
+            retry_on_conflict(STATE_TABLE, lambda: writer.saveAsTable(self.state_ref.location))
         self._rows = rows
 
     def reset(self, stream: str) -> None:
         """Forget a stream's cursors (``--full-refresh``)."""
         self.guard()
         table = self._table(self.state_ref, STATE_SCHEMA)
-        table.delete(F.col("stream") == stream)
+        retry_on_conflict(STATE_TABLE, lambda: table.delete(F.col("stream") == stream))
         if self._rows is not None:
             self._rows = {key: row for key, row in self._rows.items() if key[0] != stream}
 
@@ -309,11 +309,11 @@ class StateStore:
         )
         count = prepared.count()
         if count:
-            (
+            merge = (
                 table.alias("t")
                 .merge(prepared.alias("s"), "t.quarantine_id = s.quarantine_id")
                 .whenNotMatchedInsertAll()
-                .execute()
             )
+            retry_on_conflict(QUARANTINE_TABLE, merge.execute)
         prepared.unpersist()
         return count

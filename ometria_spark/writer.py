@@ -8,12 +8,11 @@ import time
 from dataclasses import dataclass
 from functools import reduce
 
-from delta.exceptions import DeltaConcurrentModificationException
 from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ometria_spark.delta_table import TableRef, create_if_absent
+from ometria_spark.delta_table import TableRef, create_if_absent, is_write_conflict
 from ometria_spark.spark import release
 from ometria_spark.tables import KEY_COLUMN, SYNCED_AT, TableSpec
 from ometria_spark.transforms import (
@@ -25,24 +24,6 @@ from ometria_spark.transforms import (
 )
 
 log = logging.getLogger(__name__)
-
-
-# Delta's optimistic-concurrency conflicts, by Java class name: depending on the call path
-# PySpark hands them over converted or as a raw Py4JJavaError.
-_CONFLICTS = (
-    "io.delta.exceptions.Concurrent",
-    "io.delta.exceptions.DeltaConcurrentModificationException",
-    "io.delta.exceptions.MetadataChangedException",
-    "io.delta.exceptions.ProtocolChangedException",
-)
-
-
-def is_write_conflict(exc: BaseException) -> bool:
-    """True when a Delta commit lost a race with another writer (safe to retry)."""
-    if isinstance(exc, DeltaConcurrentModificationException):
-        return True
-    java = getattr(exc, "java_exception", None)
-    return java is not None and str(java.toString()).startswith(_CONFLICTS)
 
 
 @dataclass(frozen=True)

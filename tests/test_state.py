@@ -6,9 +6,11 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 from pyspark.sql import SparkSession
 
 from ometria_spark.config import Config, config_from_dict
+from ometria_spark.delta_table import retry_on_conflict
 from ometria_spark.state import STATE_SCHEMA, STATE_TABLE, StateStore
 from tests.frames import assert_rows_equal
 
@@ -59,3 +61,34 @@ def test_saving_one_streams_cursors_keeps_every_other_row(
     assert all(isinstance(row[4], datetime) for row in new)
     history = spark.sql(f"DESCRIBE HISTORY delta.`{location}`").orderBy("version").collect()
     assert [h["operation"] for h in history] == ["CREATE TABLE", "WRITE", "WRITE", "WRITE"]
+
+
+def test_a_write_that_loses_a_race_is_retried_and_other_errors_are_not(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The job's own tables are written again when a concurrent commit (a ``maintain``
+    OPTIMIZE) wins the race, as Delta raises it on a classic session or elsewhere."""
+    from delta.exceptions.base import ConcurrentAppendException, MetadataChangedException
+
+    raised = [ConcurrentAppendException(message="files were added"),
+              MetadataChangedException(message="metadata changed")]  # fmt: skip
+
+    def write() -> str:
+        if raised:
+            raise raised.pop(0)
+        return "committed"
+
+    assert retry_on_conflict("_sync_state", write, attempts=3) == "committed"
+    assert [r.getMessage() for r in caplog.records] == [
+        "_sync_state: concurrent write (ConcurrentAppendException); retrying",
+        "_sync_state: concurrent write (MetadataChangedException); retrying",
+    ]
+    with pytest.raises(ValueError):
+        retry_on_conflict("_sync_state", lambda: int("x"), attempts=3)
+    always = ConcurrentAppendException(message="again")
+
+    def lose() -> None:
+        raise always
+
+    with pytest.raises(ConcurrentAppendException):
+        retry_on_conflict("_sync_state", lose, attempts=2)

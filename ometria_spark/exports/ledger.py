@@ -9,7 +9,13 @@ from datetime import datetime
 from pyspark.sql import SparkSession
 from pyspark.sql.types import LongType, StringType, StructField, StructType, TimestampType
 
-from ometria_spark.delta_table import TableRef, create_if_absent, open_table, table_exists
+from ometria_spark.delta_table import (
+    TableRef,
+    create_if_absent,
+    open_table,
+    retry_on_conflict,
+    table_exists,
+)
 from ometria_spark.exports.files import ExportFile
 
 # One row per loaded file; ``rows`` counts every record read from it, quarantined included.
@@ -62,7 +68,7 @@ def record_loaded(
         return
     table = create_if_absent(spark, loaded_files, LOADED_FILES_SCHEMA)
     updates = spark.createDataFrame(rows, LOADED_FILES_SCHEMA)
-    (
+    merge = (
         table.alias("t")
         .merge(
             updates.alias("s"),
@@ -70,5 +76,5 @@ def record_loaded(
         )
         .whenMatchedUpdateAll()
         .whenNotMatchedInsertAll()
-        .execute()
     )
+    retry_on_conflict("_loaded_files", merge.execute)
