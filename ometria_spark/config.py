@@ -55,6 +55,10 @@ class ExportsConfig:
     format: str = "csv"
     s3_endpoint: str | None = None
     s3_region: str = "us-east-1"
+    # Between full listings of the export root, a run lists only the folder of the newest
+    # file seen and what sorts after it; a file that lands in an older folder is found by
+    # the next full listing, at most this many hours later (0: always list everything).
+    full_listing_hours: float = 24.0
 
 
 @dataclass(frozen=True)
@@ -229,6 +233,8 @@ def _check_values(config: Config) -> None:
         raise ConfigError("sync.lookback_minutes: must be >= 0")
     if config.storage.raw_retention_days is not None and config.storage.raw_retention_days < 0:
         raise ConfigError("storage.raw_retention_days: must be >= 0 (or null: keep every pull)")
+    if config.exports.full_listing_hours < 0:
+        raise ConfigError("exports.full_listing_hours: must be >= 0")
     for key in ("vacuum_retention_hours", "erase_retention_hours"):
         if getattr(config.maintenance, key) < 0:
             raise ConfigError(f"maintenance.{key}: must be >= 0")

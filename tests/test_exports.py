@@ -17,7 +17,7 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ometria_spark.config import Config, StorageConfig
+from ometria_spark.config import Config, ExportsConfig, StorageConfig
 from ometria_spark.delta_table import TableRef
 from ometria_spark.emulator.exports import EXPORT_COLUMNS, csv_bytes, jsonl_bytes
 from ometria_spark.exports import (
@@ -181,7 +181,7 @@ def rows_after_c() -> list[tuple[Any, ...]]:
 class Target:
     """The tables of one test: email_events, _loaded_files and the state store."""
 
-    def __init__(self, spark: SparkSession, base: Path) -> None:
+    def __init__(self, spark: SparkSession, base: Path, full_listing_hours: float = 24) -> None:
         self.spark = spark
         self.base = base
         self.table = TableRef(str(base / "email_events"), is_path=True)
@@ -190,6 +190,7 @@ class Target:
             account_id=ACCOUNT,
             source_id=SOURCE,
             storage=StorageConfig(raw_path=str(base / "raw"), tables_path=str(base)),
+            exports=ExportsConfig(full_listing_hours=full_listing_hours),
         )
         self.state = StateStore(spark, config)
 
@@ -269,9 +270,9 @@ def test_load_once_then_increment_then_full_refresh(spark: SparkSession, tmp_pat
         ),
     )
 
-    # Nothing new: no file read, nothing merged.
+    # Nothing new: no file read, nothing merged (and only B's folder, the newest, listed).
     second = target.load(str(root), synced_at=SYNCED_2)
-    assert second == EmailEventsResult(files_seen=2, files_loaded=0, files_new=0)
+    assert second == EmailEventsResult(files_seen=1, files_loaded=0, files_new=0)
     assert_same(target.rows(), events(spark, rows_after_a_and_b(SYNCED_1)))
 
     # A new file lands: only it is read; it updates two events (one whose time does not
@@ -279,7 +280,7 @@ def test_load_once_then_increment_then_full_refresh(spark: SparkSession, tmp_pat
     path_c = write(root, PATH_C, gzip.compress(csv_bytes(EXPORT_COLUMNS, FILE_C)), 2)
     third = target.load(str(root), synced_at=SYNCED_3)
     assert third == EmailEventsResult(
-        files_seen=3, files_loaded=1, files_rejected=[], rows_read=3, inserted=1, updated=2,
+        files_seen=2, files_loaded=1, files_rejected=[], rows_read=3, inserted=1, updated=2,
         quarantined=0, bad_values=1, files_new=1,
     )  # fmt: skip
     assert_same(target.rows(), events(spark, rows_after_c()))
@@ -466,3 +467,34 @@ def test_files_from_the_emulator_export_writer(spark: SparkSession, tmp_path: Pa
     schema.fields = [f for f in schema.fields if f.name != SYNCED_AT]
     want = spark.createDataFrame(expected.email_events([*events, resent], SOURCE, ACCOUNT), schema)
     assert_same(target.rows().drop(SYNCED_AT), want)
+
+
+def test_a_run_lists_only_the_newest_folder_and_later_ones_between_full_listings(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """A year of date folders is not listed every hour: after a full listing, a run lists
+    the folder of the newest file and what sorts after it. A file landing late in an older
+    folder waits for the next full listing (``exports.full_listing_hours``)."""
+    root = tmp_path / "exports"
+    one = [{**FILE_A[0], "event_id": f"ev-{n}"} for n in range(4)]
+    data = [csv_bytes(EXPORT_COLUMNS, [e]) for e in one]
+    write(root, "2026/01/01/a.csv", data[0], 0)
+    write(root, "2026/01/02/b.csv", data[1], 1)
+    target = Target(spark, tmp_path / "tables")
+    assert (
+        target.load(str(root), synced_at=SYNCED_1).files_seen,
+        len(discover(spark, str(root))),
+    ) == (2, 2)
+
+    write(root, "2026/01/03/c.csv", data[2], 2)  # a new day's folder
+    write(root, "2026/01/01/late.csv", data[3], 3)  # late, in an old folder
+    second = target.load(str(root), synced_at=SYNCED_2)
+    assert (second.files_seen, second.files_new, second.files_loaded) == (2, 1, 1)  # b, c
+    names = sorted(r["path"].rsplit("/", 1)[-1] for r in target.loaded().collect())
+    assert names == ["a.csv", "b.csv", "c.csv"]
+
+    full = Target(spark, tmp_path / "tables", full_listing_hours=0)  # a full listing is due
+    third = full.load(str(root), synced_at=SYNCED_3)
+    assert (third.files_seen, third.files_new, third.files_loaded) == (4, 1, 1)
+    names = sorted(r["path"].rsplit("/", 1)[-1] for r in target.loaded().collect())
+    assert names == ["a.csv", "b.csv", "c.csv", "late.csv"]

@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 from ometria_spark.delta_table import TableRef, table_exists
 from ometria_spark.errors import root_cause
 from ometria_spark.exports.files import ExportFile, discover
-from ometria_spark.exports.ledger import new_files, record_loaded
+from ometria_spark.exports.ledger import Listing, new_files, record_loaded
 from ometria_spark.exports.reading import (
     RAW_FIELDS,
     REQUIRED_FIELDS,
@@ -170,7 +170,9 @@ def load_email_events(
     missing, a truncated gzip) are rejected: reported, quarantined as one row each, not
     recorded, while every other file loads. With no new file, nothing is read or merged.
     """
-    files = discover(spark, root)
+    now = datetime.now(UTC)
+    listing = Listing.read(state.config, root, now, full_refresh)
+    files = discover(spark, root, None if listing.full else listing.start)
     if not full_refresh and not table_exists(spark, table) and table_exists(spark, loaded_files):
         # The table is gone (dropped by hand, or a new storage.tables_path) while the files
         # are recorded as loaded: load them all again, or the table would stay empty.
@@ -180,6 +182,7 @@ def load_email_events(
     todo = new_files(spark, files, loaded_files, full_refresh=full_refresh)
     result = EmailEventsResult(files_seen=len(files), files_loaded=0, files_new=len(todo))
     if not todo:
+        listing.save(files, now)
         return result
     batch = _read_once(spark, todo, fmt)
     try:
@@ -188,6 +191,7 @@ def load_email_events(
         _quarantine_files(spark, state, batch.rejected, run_id)
         result.files_rejected = batch.rejected
         if not batch.readable:
+            listing.save(files, now, [path for path, _ in batch.rejected])
             return result
         if batch.records is not None:
             _load_batch(spark, batch, result, table=table, state=state, source_id=source_id,
@@ -202,6 +206,7 @@ def load_email_events(
         result.files_loaded = len(batch.readable)
     finally:
         batch.release()
+    listing.save(files, now, [path for path, _ in result.files_rejected])
     return result
 
 
