@@ -49,6 +49,7 @@ bench: setup $(BENCH_STAMP)
 	$(PY) bench/small_run.py
 	$(PY) bench/peer_dlt.py
 	$(PY) bench/email_events.py --events 1000000
+	$(PY) bench/history.py
 
 # Randomised kills and API faults against the job, every table checked (not in `make test`);
 # prints the figures and appends them to tests/reliability/chaos-results.md.
