@@ -55,10 +55,11 @@ class ExportsConfig:
     format: str = "csv"
     s3_endpoint: str | None = None
     s3_region: str = "us-east-1"
-    # Between full listings of the export root, a run lists only the folder of the newest
-    # file seen and what sorts after it; a file that lands in an older folder is found by
-    # the next full listing, at most this many hours later (0: always list everything).
-    full_listing_hours: float = 24.0
+    # 0: every run lists the whole export root. N > 0 (for date folders, YYYY/MM/DD/):
+    # between full listings N hours apart, a run lists only the folder of the newest file
+    # seen and what sorts after it; a file landing in a folder that sorts before it is
+    # found by the next full listing, at most N hours later.
+    full_listing_hours: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -181,7 +181,7 @@ def rows_after_c() -> list[tuple[Any, ...]]:
 class Target:
     """The tables of one test: email_events, _loaded_files and the state store."""
 
-    def __init__(self, spark: SparkSession, base: Path, full_listing_hours: float = 24) -> None:
+    def __init__(self, spark: SparkSession, base: Path, full_listing_hours: float = 0) -> None:
         self.spark = spark
         self.base = base
         self.table = TableRef(str(base / "email_events"), is_path=True)
@@ -270,9 +270,9 @@ def test_load_once_then_increment_then_full_refresh(spark: SparkSession, tmp_pat
         ),
     )
 
-    # Nothing new: no file read, nothing merged (and only B's folder, the newest, listed).
+    # Nothing new: no file read, nothing merged.
     second = target.load(str(root), synced_at=SYNCED_2)
-    assert second == EmailEventsResult(files_seen=1, files_loaded=0, files_new=0)
+    assert second == EmailEventsResult(files_seen=2, files_loaded=0, files_new=0)
     assert_same(target.rows(), events(spark, rows_after_a_and_b(SYNCED_1)))
 
     # A new file lands: only it is read; it updates two events (one whose time does not
@@ -280,7 +280,7 @@ def test_load_once_then_increment_then_full_refresh(spark: SparkSession, tmp_pat
     path_c = write(root, PATH_C, gzip.compress(csv_bytes(EXPORT_COLUMNS, FILE_C)), 2)
     third = target.load(str(root), synced_at=SYNCED_3)
     assert third == EmailEventsResult(
-        files_seen=2, files_loaded=1, files_rejected=[], rows_read=3, inserted=1, updated=2,
+        files_seen=3, files_loaded=1, files_rejected=[], rows_read=3, inserted=1, updated=2,
         quarantined=0, bad_values=1, files_new=1,
     )  # fmt: skip
     assert_same(target.rows(), events(spark, rows_after_c()))
@@ -472,15 +472,15 @@ def test_files_from_the_emulator_export_writer(spark: SparkSession, tmp_path: Pa
 def test_a_run_lists_only_the_newest_folder_and_later_ones_between_full_listings(
     spark: SparkSession, tmp_path: Path
 ) -> None:
-    """A year of date folders is not listed every hour: after a full listing, a run lists
-    the folder of the newest file and what sorts after it. A file landing late in an older
-    folder waits for the next full listing (``exports.full_listing_hours``)."""
+    """With ``exports.full_listing_hours`` (date folders), a year of them is not listed every
+    hour: after a full listing, a run lists the folder of the newest file and what sorts
+    after it. A file landing late in an older folder waits for the next full listing."""
     root = tmp_path / "exports"
     one = [{**FILE_A[0], "event_id": f"ev-{n}"} for n in range(4)]
     data = [csv_bytes(EXPORT_COLUMNS, [e]) for e in one]
     write(root, "2026/01/01/a.csv", data[0], 0)
     write(root, "2026/01/02/b.csv", data[1], 1)
-    target = Target(spark, tmp_path / "tables")
+    target = Target(spark, tmp_path / "tables", full_listing_hours=24)
     assert (
         target.load(str(root), synced_at=SYNCED_1).files_seen,
         len(discover(spark, str(root))),

@@ -67,7 +67,11 @@ class Listing:
             return listing
         listing.start, listing.full_at = hint.get("start"), hint.get("full_at")
         every = timedelta(hours=config.exports.full_listing_hours)
-        due = listing.full_at is None or now - datetime.fromisoformat(listing.full_at) >= every
+        due = (
+            not every
+            or listing.full_at is None
+            or now - datetime.fromisoformat(listing.full_at) >= every
+        )
         listing.full = due or listing.start is None
         return listing
 
