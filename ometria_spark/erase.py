@@ -17,7 +17,9 @@ What goes:
   (``"id"``).
 - Raw pages still kept (retention, ``storage.raw_retention_days``), merged or not: records
   holding an erased email as any value, or an erased id as a profile's ``id`` or any
-  record's ``profile_id``. Pages are written again without them.
+  record's ``profile_id``. Pages are written again without them. (A pull not merged yet
+  and resumed later then finds shorter pages: it re-reads from an earlier offset, which
+  the UPSERT absorbs.)
 - Then every table it changed is rewritten without deletion-vectored rows (``REORG TABLE
   ... APPLY (PURGE)``) and VACUUMed with ``maintenance.erase_retention_hours`` (default 0):
   the files that held the rows are deleted now, and with them every older version of those
