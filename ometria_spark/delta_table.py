@@ -14,7 +14,7 @@ from typing import TypeVar
 from delta.exceptions import DeltaConcurrentModificationException
 from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrameWriter, SparkSession
 from pyspark.sql.types import StructType
 
 from ometria_spark.phases import PhaseHook, no_hook, phase_name
@@ -51,6 +51,14 @@ def is_write_conflict(exc: BaseException) -> bool:
         return True
     java = getattr(exc, "java_exception", None)
     return java is not None and str(java.toString()).startswith(_CONFLICTS)
+
+
+def write_to(writer: DataFrameWriter, ref: TableRef) -> None:
+    """Run a Delta ``writer`` into the table ``ref`` names: its path, or its catalog name."""
+    if ref.is_path:
+        writer.save(ref.location)
+    else:
+        writer.saveAsTable(ref.location)
 
 
 def retry_on_conflict(what: str, write: Callable[[], T], attempts: int = 3) -> T:

@@ -53,7 +53,7 @@ from pyspark.sql.types import (
 )
 
 from ometria_spark.config import Config
-from ometria_spark.delta_table import TableRef, create_if_absent, table_exists
+from ometria_spark.delta_table import TableRef, create_if_absent, table_exists, write_to
 from ometria_spark.landing import Landing, PageName
 from ometria_spark.lock import RunLock
 from ometria_spark.maintain import vacuum
@@ -258,8 +258,4 @@ def _record(spark: SparkSession, config: Config, given: People, erasure: Erasure
          dict(erasure.rows_removed), erasure.page_records_removed)
         for kind, value, _ in given.rows()
     ]  # fmt: skip
-    writer = spark.createDataFrame(rows, ERASURES_SCHEMA).write.format("delta").mode("append")
-    if ref.is_path:
-        writer.save(ref.location)
-    else:
-        writer.saveAsTable(ref.location)
+    write_to(spark.createDataFrame(rows, ERASURES_SCHEMA).write.format("delta").mode("append"), ref)

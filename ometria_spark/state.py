@@ -29,7 +29,13 @@ from pyspark.sql.types import (
 )
 
 from ometria_spark.config import Config
-from ometria_spark.delta_table import TableRef, create_if_absent, open_table, retry_on_conflict
+from ometria_spark.delta_table import (
+    TableRef,
+    create_if_absent,
+    open_table,
+    retry_on_conflict,
+    write_to,
+)
 from ometria_spark.phases import PhaseHook, no_hook
 from ometria_spark.storage import storage_for
 
@@ -245,10 +251,7 @@ class StateStore:
             rows[(stream, scope)] = (stream, scope, value, run_id, now)
         frame = self.spark.createDataFrame(list(rows.values()), STATE_SCHEMA)
         writer = frame.write.format("delta").mode("overwrite")
-        if self.state_ref.is_path:
-            retry_on_conflict(STATE_TABLE, lambda: writer.save(self.state_ref.location))
-        else:
-            retry_on_conflict(STATE_TABLE, lambda: writer.saveAsTable(self.state_ref.location))
+        retry_on_conflict(STATE_TABLE, lambda: write_to(writer, self.state_ref))
         self._rows = rows
 
     def reset(self, stream: str) -> None:
@@ -272,10 +275,7 @@ class StateStore:
         )
         # mergeSchema: a table written by an earlier version gains the newer columns.
         writer = df.write.format("delta").mode("append").option("mergeSchema", "true")
-        if self.runs_ref.is_path:
-            writer.save(self.runs_ref.location)
-        else:
-            writer.saveAsTable(self.runs_ref.location)
+        write_to(writer, self.runs_ref)
 
     # --- quarantine ------------------------------------------------------------------
 

@@ -4,7 +4,6 @@ checked), then an UPSERT on the sync key that rewrites only rows that changed.""
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from functools import reduce
 
@@ -12,7 +11,7 @@ from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ometria_spark.delta_table import TableRef, create_if_absent, is_write_conflict
+from ometria_spark.delta_table import TableRef, create_if_absent, retry_on_conflict
 from ometria_spark.spark import release
 from ometria_spark.tables import KEY_COLUMN, SYNCED_AT, TableSpec
 from ometria_spark.transforms import (
@@ -103,22 +102,18 @@ def merge_into(
     if prune is not None:
         condition = condition & prune
     keys = counts.keys if counts is not None else None
-    for attempt in range(1, attempts + 1):
-        try:
-            fresh, ref.seen.created = ref.seen.created, False
-            # Past version 0 since the run began: written before, not a first load (a table
-            # re-created behind the run's back just takes the full upsert, always right).
-            written = (ref.seen.version or 0) > 0
-            metrics = _upsert(
-                table, source, spec, condition, fresh=fresh, written=written, source_rows=keys
-            )
-            return MergeMetrics(metrics.affected, metrics.inserted, metrics.updated, collapsed)
-        except Exception as exc:
-            if attempt == attempts or not is_write_conflict(exc):
-                raise
-            log.warning("%s: concurrent write (%s); retrying MERGE", spec.name, type(exc).__name__)
-            time.sleep(attempt)
-    raise AssertionError("unreachable")
+
+    def attempt() -> MergeMetrics:
+        fresh, ref.seen.created = ref.seen.created, False
+        # Past version 0 since the run began: written before, not a first load (a table
+        # re-created behind the run's back just takes the full upsert, always right).
+        written = (ref.seen.version or 0) > 0
+        metrics = _upsert(
+            table, source, spec, condition, fresh=fresh, written=written, source_rows=keys
+        )
+        return MergeMetrics(metrics.affected, metrics.inserted, metrics.updated, collapsed)
+
+    return retry_on_conflict(spec.name, attempt, attempts)
 
 
 def _upsert(

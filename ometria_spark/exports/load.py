@@ -191,7 +191,7 @@ def load_email_events(
         _quarantine_files(spark, state, batch.rejected, run_id)
         result.files_rejected = batch.rejected
         if not batch.readable:
-            listing.save(files, now, [path for path, _ in batch.rejected])
+            listing.save(files, now, [path for path, _ in result.files_rejected])
             return result
         if batch.records is not None:
             _load_batch(spark, batch, result, table=table, state=state, source_id=source_id,
