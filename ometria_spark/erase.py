@@ -54,11 +54,10 @@ from pyspark.sql.types import (
 
 from ometria_spark.config import Config
 from ometria_spark.delta_table import TableRef, create_if_absent, table_exists, write_to
-from ometria_spark.landing import Landing, PageName
+from ometria_spark.landing import Landing, PageName, landing_for
 from ometria_spark.lock import RunLock
 from ometria_spark.maintain import vacuum
 from ometria_spark.state import ERASURES_TABLE, QUARANTINE_TABLE, table_ref
-from ometria_spark.storage import storage_for
 
 log = logging.getLogger(__name__)
 
@@ -126,26 +125,19 @@ def erase(
     if not given.emails and not given.ids:
         raise ValueError("give at least one --email or --profile-id")
     erasure = Erasure(uuid.uuid4().hex)
-    landing = Landing(
-        config.storage.raw_path,
-        storage_for(config.storage.raw_path, config.storage.s3_endpoint, config.storage.s3_region),
-    )
+    landing = landing_for(config)
     lock = RunLock(landing.root, landing.storage)
     lock.acquire(f"erase-{erasure.erasure_id}", config.sync.lock_lease_seconds)
     try:
         people = _widen(spark, config, given)
         _view(spark, people)
+        conditions = {name: _person_condition(*cols) for name, cols in PERSONAL.items()}
+        conditions[QUARANTINE_TABLE] = QUARANTINE_CONDITION
         changed = []
-        for name, columns in PERSONAL.items():
+        for name, condition in conditions.items():
             ref = table_ref(config, name, register=False)
-            removed = _delete(spark, ref, _person_condition(*columns))
-            erasure.rows_removed[name] = removed
+            erasure.rows_removed[name] = removed = _delete(spark, ref, condition)
             changed += [ref] if removed else []
-        quarantine = table_ref(config, QUARANTINE_TABLE, register=False)
-        erasure.rows_removed[QUARANTINE_TABLE] = removed = _delete(
-            spark, quarantine, QUARANTINE_CONDITION
-        )
-        changed += [quarantine] if removed else []
         _scrub_pages(landing, people, erasure)
         for ref in changed:
             erasure.files_vacuumed[ref.name] = _purge(

@@ -34,7 +34,7 @@ import logging
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ometria_spark.pull_index import (
     ABANDONED_MARKER,
@@ -42,7 +42,10 @@ from ometria_spark.pull_index import (
     PLAN_FILE,
     PullIndex,
 )
-from ometria_spark.storage import Storage, local_root
+from ometria_spark.storage import Storage, local_root, storage_for
+
+if TYPE_CHECKING:
+    from ometria_spark.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -352,3 +355,9 @@ class Landing:
             for names in pages.values()
             for name in names
         ]
+
+
+def landing_for(config: Config) -> Landing:
+    """The landing zone of a configuration: ``storage.raw_path`` on its storage."""
+    raw = config.storage.raw_path
+    return Landing(raw, storage_for(raw, config.storage.s3_endpoint, config.storage.s3_region))

@@ -21,13 +21,12 @@ from ometria_spark.client import OmetriaClient, PagingFacts, Throttle, api_key_f
 from ometria_spark.config import Config
 from ometria_spark.errors import one_line
 from ometria_spark.extract import ProgressCallback, land, make_plan
-from ometria_spark.landing import Landing, Plan
+from ometria_spark.landing import Landing, Plan, landing_for
 from ometria_spark.load import merge_pull, version_in_run
 from ometria_spark.lock import RunLock, SyncLockedError
 from ometria_spark.phases import PhaseHook, no_hook, phase_name
 from ometria_spark.spark import on_databricks, run_settings, s3a_conf
 from ometria_spark.state import LOADED_FILES_TABLE, MergeCounts, RunRecord, StateStore
-from ometria_spark.storage import storage_for
 from ometria_spark.streams import ApiStream, registry
 
 log = logging.getLogger(__name__)
@@ -83,10 +82,7 @@ def run(
     selected = [s.name for s in registry() if s.name in (streams or config.sync.streams)]
     for key, value in s3a_conf(config).items():
         spark.conf.set(key, value)
-    landing = Landing(
-        config.storage.raw_path,
-        storage_for(config.storage.raw_path, config.storage.s3_endpoint, config.storage.s3_region),
-    )
+    landing = landing_for(config)
     lock = RunLock(landing.root, landing.storage)
     try:
         lock.acquire(report.run_id, config.sync.lock_lease_seconds)

@@ -21,7 +21,8 @@ from ometria_spark.delta_table import (
     table_exists,
 )
 from ometria_spark.exports.files import ExportFile
-from ometria_spark.storage import Storage, local_root, storage_for
+from ometria_spark.landing import landing_for
+from ometria_spark.storage import Storage
 
 # One row per loaded file; ``rows`` counts every record read from it, quarantined included.
 LOADED_FILES_SCHEMA = StructType(
@@ -56,11 +57,10 @@ class Listing:
 
     @staticmethod
     def read(config: Config, root: str, now: datetime, full_refresh: bool) -> Listing:
-        raw = config.storage.raw_path
-        storage = storage_for(raw, config.storage.s3_endpoint, config.storage.s3_region)
-        listing = Listing(storage, f"{local_root(raw).rstrip('/')}/{LISTING_HINT}", root)
+        landing = landing_for(config)
+        listing = Listing(landing.storage, f"{landing.root}/{LISTING_HINT}", root)
         try:
-            hint = json.loads(storage.read_text(listing.path))
+            hint = json.loads(landing.storage.read_text(listing.path))
         except (FileNotFoundError, ValueError):
             return listing
         if not isinstance(hint, dict) or hint.get("root") != root or full_refresh:

@@ -190,20 +190,20 @@ def load_email_events(
             _reject_json_without_fields(batch)
         _quarantine_files(spark, state, batch.rejected, run_id)
         result.files_rejected = batch.rejected
-        if not batch.readable:
-            listing.save(files, now, [path for path, _ in result.files_rejected])
-            return result
-        if batch.records is not None:
-            _load_batch(spark, batch, result, table=table, state=state, source_id=source_id,
-                        account_id=account_id, run_id=run_id, synced_at=synced_at,
-                        on_phase=on_phase)  # fmt: skip
-            # Only now, after the MERGE committed, are the files recorded as loaded.
-            on_phase(phase_name("exports:merged"))
-        else:  # only empty files: nothing to merge; recorded so they are not read again
-            ensure_table(spark, EMAIL_EVENTS, table)  # (a missing table means "reload all")
-        per_file = [(f, int(batch.stats.get(f.path, {}).get("rows", 0))) for f in batch.readable]
-        record_loaded(spark, loaded_files, per_file, run_id=run_id, loaded_at=datetime.now(UTC))
-        result.files_loaded = len(batch.readable)
+        if batch.readable:
+            if batch.records is not None:
+                _load_batch(spark, batch, result, table=table, state=state, source_id=source_id,
+                            account_id=account_id, run_id=run_id, synced_at=synced_at,
+                            on_phase=on_phase)  # fmt: skip
+                # Only now, after the MERGE committed, are the files recorded as loaded.
+                on_phase(phase_name("exports:merged"))
+            else:  # only empty files: nothing to merge; recorded so they are not read again
+                ensure_table(spark, EMAIL_EVENTS, table)  # (missing table: "reload all")
+            per_file = [(f, int(batch.stats.get(f.path, {}).get("rows", 0)))
+                        for f in batch.readable]  # fmt: skip
+            record_loaded(spark, loaded_files, per_file, run_id=run_id,
+                          loaded_at=datetime.now(UTC))  # fmt: skip
+            result.files_loaded = len(batch.readable)
     finally:
         batch.release()
     listing.save(files, now, [path for path, _ in result.files_rejected])
