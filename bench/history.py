@@ -40,7 +40,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import boto3
 
@@ -141,7 +140,7 @@ def run_job(warehouse: Warehouse, env: dict[str, str], work: Path) -> Run:
     return Run(seconds, Counter(json.loads(counts_file.read_text(encoding="utf-8"))))
 
 
-def add_history(spark: Any, warehouse: Warehouse, pulls: int, files: int, now: datetime) -> None:
+def add_history(warehouse: Warehouse, pulls: int, files: int, now: datetime) -> None:
     """Merged pulls and loaded export files, as ``pulls`` hourly runs before ``now`` leave
     them. Pulls are written by the job's own ``Landing`` into a local folder and copied."""
     from ometria_spark.config import load_config
@@ -198,18 +197,12 @@ def bench_store(store: str, args: argparse.Namespace, tmp: Path, now: datetime) 
             for path, data in export_files(server.dataset.email_events, files=1):
                 warehouse.put("exports", path, data)
             run_job(warehouse, env, tmp)  # the real first sync
-            add_history(_spark(), warehouse, pulls, files, now)
+            add_history(warehouse, pulls, files, now)
             warehouses.append(warehouse)
         for _ in range(args.runs):
             for warehouse in warehouses:
                 warehouse.runs.append(run_job(warehouse, env, tmp))
     return report(store, args, warehouses)
-
-
-def _spark() -> Any:
-    from ometria_spark.spark import get_spark
-
-    return get_spark("bench-history")
 
 
 def report(store: str, args: argparse.Namespace, warehouses: list[Warehouse]) -> list[str]:
