@@ -57,6 +57,7 @@ from ometria_spark.delta_table import TableRef, create_if_absent, table_exists, 
 from ometria_spark.landing import Landing, PageName, landing_for
 from ometria_spark.lock import RunLock
 from ometria_spark.maintain import vacuum
+from ometria_spark.spark import local_frame, string_schema
 from ometria_spark.state import ERASURES_TABLE, QUARANTINE_TABLE, table_ref
 
 log = logging.getLogger(__name__)
@@ -170,9 +171,9 @@ def _widen(spark: SparkSession, config: Config, given: People) -> People:
 def _view(spark: SparkSession, people: People) -> None:
     """The identifiers as the temporary view the MERGEs join with (kind, value, pattern)."""
     rows = people.rows()
-    spark.createDataFrame(
-        rows, "kind string, value string, pattern string"
-    ).createOrReplaceTempView(VIEW)
+    local_frame(spark, rows, string_schema("kind", "value", "pattern")).createOrReplaceTempView(
+        VIEW
+    )
 
 
 def _person_condition(id_column: str | None, email_column: str) -> str:
@@ -250,4 +251,4 @@ def _record(spark: SparkSession, config: Config, given: People, erasure: Erasure
          dict(erasure.rows_removed), erasure.page_records_removed)
         for kind, value, _ in given.rows()
     ]  # fmt: skip
-    write_to(spark.createDataFrame(rows, ERASURES_SCHEMA).write.format("delta").mode("append"), ref)
+    write_to(local_frame(spark, rows, ERASURES_SCHEMA).write.format("delta").mode("append"), ref)

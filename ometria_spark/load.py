@@ -20,7 +20,7 @@ from ometria_spark.delta_table import TableRef, table_version
 from ometria_spark.landing import Landing, Plan
 from ometria_spark.phases import PhaseHook, no_hook, phase_name
 from ometria_spark.readers import read_records
-from ometria_spark.spark import release
+from ometria_spark.spark import local_frame, release, string_schema
 from ometria_spark.state import MergeCounts, StateStore
 from ometria_spark.streams import api_stream
 from ometria_spark.tables import KEY_COLUMN, TABLES
@@ -210,10 +210,8 @@ def _quarantine_rejects(
             for r in plan.rejects
             if r["stream"] == stream
         ]
-        frame = spark.createDataFrame(
-            rows,
-            f"{SOURCE_FILE} string, {SOURCE_COLUMN} string, {PROBLEM_COLUMN} string, "
-            f"{RAW_COLUMN} string",
+        frame = local_frame(
+            spark, rows, string_schema(SOURCE_FILE, SOURCE_COLUMN, PROBLEM_COLUMN, RAW_COLUMN)
         )
         total += state.quarantine(frame, stream=stream, run_id=plan.run_id)
     return total

@@ -28,7 +28,7 @@ from pyspark.sql.types import (
     StructType,
 )
 
-from ometria_spark.spark import hadoop_conf, hadoop_path, literal_path
+from ometria_spark.spark import hadoop_conf, hadoop_path, literal_path, local_frame
 from ometria_spark.tables import REQUEST_UPDATE_SINCE, TableSpec
 from ometria_spark.transforms import (
     CORRUPT_COLUMN,
@@ -124,7 +124,7 @@ def read_pages(spark: SparkSession, paths: list[str], spec: TableSpec) -> DataFr
     )
     empty = empty_files(spark, paths)
     if empty:  # Spark reads no row from an empty file: it is an unreadable page all the same
-        text = text.unionByName(spark.createDataFrame([(p, "") for p in empty], text.schema))
+        text = text.unionByName(local_frame(spark, [(p, "") for p in empty], text.schema))
     parsed = F.from_json(
         "_text",
         page_schema(spec),

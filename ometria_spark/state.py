@@ -37,6 +37,7 @@ from ometria_spark.delta_table import (
     write_to,
 )
 from ometria_spark.phases import PhaseHook, no_hook
+from ometria_spark.spark import local_frame
 from ometria_spark.storage import storage_for
 
 STATE_TABLE = "_sync_state"
@@ -249,7 +250,7 @@ class StateStore:
         now = datetime.now().astimezone()
         for scope, value in cursors.items():
             rows[(stream, scope)] = (stream, scope, value, run_id, now)
-        frame = self.spark.createDataFrame(list(rows.values()), STATE_SCHEMA)
+        frame = local_frame(self.spark, rows.values(), STATE_SCHEMA)
         writer = frame.write.format("delta").mode("overwrite")
         retry_on_conflict(STATE_TABLE, lambda: write_to(writer, self.state_ref))
         self._rows = rows
@@ -270,8 +271,8 @@ class StateStore:
             return
         self._table(self.runs_ref, RUNS_SCHEMA)
         rows = [asdict(record) for record in records]
-        df = self.spark.createDataFrame(
-            [tuple(row[f.name] for f in RUNS_SCHEMA) for row in rows], RUNS_SCHEMA
+        df = local_frame(
+            self.spark, [tuple(row[f.name] for f in RUNS_SCHEMA) for row in rows], RUNS_SCHEMA
         )
         # mergeSchema: a table written by an earlier version gains the newer columns.
         writer = df.write.format("delta").mode("append").option("mergeSchema", "true")

@@ -59,6 +59,7 @@ def sync(
     crash_at: str | None = None,
     crash_delay: float | None = None,
     tz: str = "UTC",
+    streams: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
@@ -73,8 +74,9 @@ def sync(
         env["OMETRIA_SPARK_CRASH_AT"] = crash_at
     if crash_delay is not None:
         env["OMETRIA_SPARK_CRASH_DELAY"] = str(crash_delay)
+    command = [sys.executable, str(ROOT / "jobs" / "ometria_sync.py"), "--config", str(config)]
     return subprocess.run(
-        [sys.executable, str(ROOT / "jobs" / "ometria_sync.py"), "--config", str(config)],
+        command + (["--streams", streams] if streams else []),
         env=env,
         capture_output=True,
         text=True,

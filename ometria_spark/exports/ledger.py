@@ -22,6 +22,7 @@ from ometria_spark.delta_table import (
 )
 from ometria_spark.exports.files import ExportFile
 from ometria_spark.landing import landing_for
+from ometria_spark.spark import local_frame
 from ometria_spark.storage import Storage
 
 # One row per loaded file; ``rows`` counts every record read from it, quarantined included.
@@ -127,7 +128,7 @@ def record_loaded(
     if not rows:
         return
     table = create_if_absent(spark, loaded_files, LOADED_FILES_SCHEMA)
-    updates = spark.createDataFrame(rows, LOADED_FILES_SCHEMA)
+    updates = local_frame(spark, rows, LOADED_FILES_SCHEMA)
     merge = (
         table.alias("t")
         .merge(

@@ -22,7 +22,7 @@ from ometria_spark.exports.reading import (
     read_export_files,
 )
 from ometria_spark.phases import PhaseHook, no_hook, phase_name
-from ometria_spark.spark import release
+from ometria_spark.spark import local_frame, release, string_schema
 from ometria_spark.state import StateStore
 from ometria_spark.tables import EMAIL_EVENTS, KEY_COLUMN
 from ometria_spark.transforms import (
@@ -141,9 +141,10 @@ def _quarantine_files(
 ) -> None:
     if not rejected:
         return
-    rows = spark.createDataFrame(
+    rows = local_frame(
+        spark,
         [(path, reason, path) for path, reason in rejected],
-        f"{SOURCE_FILE} string, {PROBLEM_COLUMN} string, {RAW_COLUMN} string",
+        string_schema(SOURCE_FILE, PROBLEM_COLUMN, RAW_COLUMN),
     )
     state.quarantine(rows, stream=STREAM, run_id=run_id)
 

@@ -11,11 +11,11 @@ from typing import Any
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import StringType, StructField, StructType
+from pyspark.sql.types import LongType, StringType, StructField, StructType
 
 from ometria_spark.errors import root_cause
 from ometria_spark.exports.files import ExportFile, first_line_or_error, parse_header
-from ometria_spark.spark import hadoop_path, literal_path
+from ometria_spark.spark import hadoop_path, literal_path, local_frame
 from ometria_spark.tables import EMAIL_EVENTS
 from ometria_spark.transforms import CORRUPT_COLUMN, ORDER_COLUMN, RAW_COLUMN, SOURCE_FILE
 
@@ -129,10 +129,12 @@ def _file_uri(spark: SparkSession, path: str) -> str:
 
 def _with_file_columns(spark: SparkSession, df: DataFrame, files: list[ExportFile]) -> DataFrame:
     """Swap the scan's file URI for the listed path; add ``_fetch_order`` and ``_raw``."""
-    lookup = spark.createDataFrame(
+    lookup = local_frame(
+        spark,
         [(_file_uri(spark, f.path), f.path, f.modified_ms) for f in files],
-        f"{_FILE_URI} string, {SOURCE_FILE} string, {_MODIFIED_MS} long",
-    )
+        StructType([StructField(_FILE_URI, StringType()), StructField(SOURCE_FILE, StringType()),
+                    StructField(_MODIFIED_MS, LongType())]),
+    )  # fmt: skip
     joined = df.join(F.broadcast(lookup), on=_FILE_URI, how="left")
     # Should a scheme ever render the URI differently, fall back to the scan's own values.
     source_file = F.coalesce(F.col(SOURCE_FILE), F.col(_FILE_URI))

@@ -3,8 +3,9 @@ outlasts the retries (a 429 storm, a 5xx storm, dropped connections, a server ig
 offset) while the other streams meet shorter bursts of the other faults (429s with and
 without Retry-After, 5xx, drops, answers slower than the timeout, truncated JSON): the
 run fails that stream alone, with a one-line reason in its run record; the others sync
-exactly; the failed stream's table and cursor stay as they were; and a rerun without
-faults completes it exactly.
+exactly; the failed stream's table and cursor stay as they were. The next case's run
+completes the stream the last one failed, exactly, through its own shorter bursts (each
+case fails another stream), and a last run without faults completes every stream.
 
 One warehouse for the module, synced once; each case first moves the emulated account on
 one day, so every stream has new rows that a fault could lose. Pages of 5 records make the
@@ -15,6 +16,7 @@ the failing cases to seconds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -75,7 +77,7 @@ def test_fault_storms_fail_only_their_stream_and_reruns_complete(
     spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An emulated account and a warehouse holding its first full sync; then, case after
-    case (a day later each), a storm that fails one stream, and a clean rerun."""
+    case (a day later each), a storm that fails one stream; then a rerun without faults."""
     dataset = Dataset.generate(seed=21, profiles=300, lists=2)
     monkeypatch.setenv("OMETRIA_TEST_KEY", KEY)
     with EmulatorServer(dataset, api_key=KEY) as server:
@@ -86,16 +88,23 @@ def test_fault_storms_fail_only_their_stream_and_reruns_complete(
         first = run(spark, config)
         assert first.ok, errors(first)
         assert_tables_match(spark, config, dataset)
+        # Each case fails another stream than the last one, so its run (which syncs that
+        # one exactly, through shorter bursts) is also the last one's rerun.
+        assert all(a.fails != b.fails for a, b in pairwise(CASES))
         for case in CASES:
             try:
-                storm_then_rerun(spark, server, config, tmp_path, case)
+                storm(spark, server, config, case)
             except AssertionError as exc:
                 raise AssertionError(f"case {case.name}: {exc}") from exc
 
+        # Without faults, the next run completes every stream, exactly.
+        rerun = run(spark, config)
+        assert rerun.ok, errors(rerun)
+        assert_tables_match(spark, config, server.dataset)
+        assert_no_secret_in_files(tmp_path)
 
-def storm_then_rerun(
-    spark: SparkSession, server: EmulatorServer, config: Config, root: Path, case: Case
-) -> None:
+
+def storm(spark: SparkSession, server: EmulatorServer, config: Config, case: Case) -> None:
     ds = server.dataset
     before = {name: build(ds, SOURCE, ACCOUNT) for name, build in expected.BUILDERS.items()}
     committed = cursors(spark, config)
@@ -120,12 +129,6 @@ def storm_then_rerun(
     # Nothing of the failed pull was merged, and its cursor did not move.
     assert cursors(spark, config).get(case.fails) == committed.get(case.fails)
     assert_rows(spark, config, case.fails, before[case.fails])
-
-    # Without faults, the next run completes every stream, exactly.
-    rerun = run(spark, config)
-    assert rerun.ok, errors(rerun)
-    assert_tables_match(spark, config, ds)
-    assert_no_secret_in_files(root)
 
 
 def test_a_key_with_a_trailing_newline_works_and_never_shows(

@@ -6,17 +6,18 @@ so the kill loses the JVM, caches and half-done work as a real crash would. The 
 chained (each run starts from the wreck the last one left), in one chain: the first sync
 into no tables, killed at each phase, and a clean run (its own process); then a day of
 changes and the incremental sync, killed at each phase, and a clean run (in this process:
-a fresh run, so one JVM fewer to start). A crash point that never fires fails the test
-(the run would exit 0, not -9), and after each kill the landing zone or the Delta log
-shows where it landed.
+a fresh run, so one JVM fewer to start). A killed run syncs only the stream it is killed
+in (``--streams``: the streams before it would only be done again); the clean runs sync
+all four. A crash point that never fires fails the test (the run would exit 0, not -9),
+and after each kill the landing zone or the Delta log shows where it landed.
 
 Phases: ``creating:T`` (killed by a timer while the table is created), ``extracting:S``
 (2nd page landed, request unfinished), ``landed:S`` (pull landed, not merged),
 ``merging:S`` (killed by a timer half a second into the MERGE step), ``merged:S`` (MERGE
 committed, cursor not), ``last-merged:S`` (cursor committed and noted, pull not marked
-merged), ``after:S`` (between streams), for ``profiles`` and ``member_lists``;
-``exports:merging`` (as ``merging:S``), ``exports:merged`` (MERGE committed, files not
-recorded) and ``after:email_events`` for the export files.
+merged), ``after:S`` (the stream done, the run not recorded), for ``profiles`` and
+``member_lists``; ``exports:merging`` (as ``merging:S``), ``exports:merged`` (MERGE
+committed, files not recorded) and ``after:email_events`` for the export files.
 """
 
 from __future__ import annotations
@@ -208,7 +209,8 @@ class Chain:
         # MERGE has committed yet; a second, the hook's default, outlasted the whole step
         # once the job got faster.
         delay = MERGE_KILL_DELAY if "merging" in crash_at.split(":") else None
-        result = sync(self.config_path, crash_at=crash_at, crash_delay=delay, tz=tz)
+        result = sync(self.config_path, crash_at=crash_at, crash_delay=delay, tz=tz,
+                      streams=killed_stream(crash_at))  # fmt: skip
         self.outputs.append(result.stdout + result.stderr)
         assert result.returncode == -9, (crash_at, result.returncode, result.stderr[-3000:])
 
@@ -227,6 +229,15 @@ class Chain:
         assert not [text for text in self.outputs if KEY in text]
         leaks = [p for p in root.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
         assert leaks == []
+
+
+def killed_stream(crash_at: str) -> str | None:
+    """The one stream a killed run syncs (``--streams``): the one whose phase it is killed
+    at (``exports:*``: the export files), so that no run redoes the streams before it
+    (the clean runs sync them all); None (every stream) for a table's creation."""
+    kind, _, name = crash_at.partition(":")
+    stream = "email_events" if kind == "exports" else name.partition("#")[0]
+    return stream if stream in STREAMS else None
 
 
 def first_exports(exports: Path, ds: Dataset) -> tuple[list[dict[str, Any]], list[Path], Path]:
