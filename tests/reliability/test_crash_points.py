@@ -233,11 +233,13 @@ class Chain:
 
 def killed_stream(crash_at: str) -> str | None:
     """The one stream a killed run syncs (``--streams``): the one whose phase it is killed
-    at (``exports:*``: the export files), so that no run redoes the streams before it
-    (the clean runs sync them all); None (every stream) for a table's creation."""
-    kind, _, name = crash_at.partition(":")
-    stream = "email_events" if kind == "exports" else name.partition("#")[0]
-    return stream if stream in STREAMS else None
+    at (the export files' phases: email_events), so that no run redoes the streams before
+    it (the clean runs sync them all); None (every stream) for a table's creation."""
+    declared = phase_of(crash_at)
+    assert declared is not None, crash_at
+    if declared.scope == "table":
+        return None
+    return crash_at.partition(":")[2].partition("#")[0] if declared.scope else "email_events"
 
 
 def first_exports(exports: Path, ds: Dataset) -> tuple[list[dict[str, Any]], list[Path], Path]:
